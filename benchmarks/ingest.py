@@ -1,0 +1,182 @@
+"""Ingest benchmark: accepted callbacks per second and acknowledge latency of `relay serve`,
+next to a bare Starlette endpoint measured in the same run.
+
+    python benchmarks/ingest.py [--requests 5000] [--concurrency 32] [--seconds 30]
+
+Both servers run as subprocesses on 127.0.0.1 and get the same load: GoAPI callbacks with
+distinct task ids, posted by an aiohttp client with a fixed number of requests in flight.
+relay runs on a fresh SQLite file with synchronous=FULL, receive-only (RELAY_DISPATCH=0), so
+every 200 means the event and its delivery row were committed to disk. Bounded in requests
+and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).parent
+FIXTURE = HERE.parent / "tests" / "fixtures" / "providers" / "goapi" / "image_success_flux.json"
+SECRET = "bench-secret"
+RULES = """
+sources:
+  goapi:
+    provider: goapi
+    secret: bench-secret
+destinations:
+  down:
+    type: webhook
+    url: http://127.0.0.1:9/unused
+routes:
+  - to: [down]
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    ok: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def row(self) -> str:
+        return (
+            f"| {self.name} | {self.rate:,.0f} | {self.pct(0.5):.1f} | {self.pct(0.99):.1f} "
+            f"| {self.errors} |"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.returncode}")
+            try:
+                async with http.get(url) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def load(name: str, url: str, requests: int, concurrency: int, seconds: float) -> Result:
+    template = json.loads(FIXTURE.read_text())
+    headers = {"content-type": "application/json", "x-webhook-secret": SECRET}
+    bodies = []
+    for i in range(requests):
+        body = {**template, "timestamp": int(time.time()), "data": {**template["data"]}}
+        body["data"]["task_id"] = f"{name}-{i:07d}-{os.getpid()}"
+        bodies.append(json.dumps(body).encode())
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        nonlocal next_index, errors
+        while next_index < len(bodies) and time.perf_counter() < deadline:
+            body = bodies[next_index]
+            next_index += 1
+            t0 = time.perf_counter()
+            async with http.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        # Warm up connections and code paths; not counted.
+        warm = bodies[: min(200, len(bodies) // 10)]
+        next_index = len(warm)
+        for body in warm:
+            async with http.post(url, data=body, headers=headers) as r:
+                await r.read()
+        latencies.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return Result(name, len(latencies), errors, elapsed, latencies)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "rules"
+        rules.mkdir()
+        (rules / "bench.yaml").write_text(RULES)
+        results = []
+        for name in ("bare", "relay"):
+            port = free_port()
+            if name == "bare":
+                cmd = [sys.executable, str(HERE / "bare_app.py"), str(port)]
+                env = dict(os.environ)
+            else:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "serve",
+                    "--rules",
+                    str(rules),
+                    "--db",
+                    f"sqlite:///{tmp}/bench.db",
+                    "--port",
+                    str(port),
+                ]
+                env = {**os.environ, "RELAY_DISPATCH": "0", "RELAY_LOG_LEVEL": "warning"}
+            # Started once per server, before any load: blocking here costs nothing measured.
+            proc = subprocess.Popen(cmd, env=env)  # noqa: ASYNC220
+            try:
+                await wait_up(f"http://127.0.0.1:{port}/hooks/goapi", proc)
+                url = f"http://127.0.0.1:{port}/hooks/goapi"
+                results.append(await load(name, url, args.requests, args.concurrency, args.seconds))
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        bare, relay = results
+        print(f"\n{args.concurrency} requests in flight, up to {args.requests} requests each\n")
+        print("| server | accepted/s | p50 ms | p99 ms | errors |")
+        print("|---|---|---|---|---|")
+        for r in results:
+            print(r.row())
+        print(f"\nrelay / bare throughput: {relay.rate / bare.rate:.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,67 @@
+"""Reading untrusted request bodies: size-limited while streaming, JSON with bounded nesting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from relay.errors import BodyTooLargeError, PayloadError
+
+
+async def read_limited(
+    stream: AsyncIterator[bytes], content_length: str | None, limit: int
+) -> bytes:
+    """Read the whole body, refusing it as soon as it is known to exceed ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before reading; a chunked or
+    lying body is refused once the bytes read pass the limit.
+    """
+    declared = content_length.strip() if content_length is not None else ""
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"body of {int(declared)} bytes is over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """Parse a JSON body. Any problem, including nesting deeper than ``max_depth``, is a
+    PayloadError naming it."""
+    if not body.strip():
+        raise PayloadError("body is empty; expected a JSON object")
+    try:
+        value = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise PayloadError(f"JSON is nested deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise PayloadError(f"invalid JSON: {exc}") from None
+    _check_depth(value, max_depth)
+    return value
+
+
+def _check_depth(value: Any, max_depth: int) -> None:
+    # Iterative, so a hostile body cannot make the check itself recurse.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > max_depth:
+            raise PayloadError(f"JSON is nested deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)

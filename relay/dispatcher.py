@@ -1,0 +1,194 @@
+"""The dispatcher: claims due deliveries, sends them through their channel, records outcomes.
+
+Channels only classify failures; the retry policy decides when (or whether) to try again;
+the store only persists. ``run_once`` does one round so tests can step it by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from relay.channels.base import Channel, Delivery
+from relay.errors import DeliveryError, PermanentDeliveryError, StoreUnavailableError
+from relay.retry import RetryPolicy
+from relay.store.base import Claim, Outcome, Store
+
+log = logging.getLogger("relay.dispatcher")
+
+
+@dataclass
+class Routing:
+    """The channels and retry policies of the rules in force; swapped whole on reload."""
+
+    channels: Mapping[str, Channel]
+    policies: Mapping[str, RetryPolicy]
+    default_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def policy(self, destination: str) -> RetryPolicy:
+        return self.policies.get(destination, self.default_policy)
+
+
+@dataclass
+class DispatcherStats:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    lost_leases: int = 0
+
+
+class Dispatcher:
+    """Claims with a lease, sends with bounded concurrency, records with the lease token.
+
+    ``lease_seconds`` must exceed any channel's per-attempt deadline, so a live worker's
+    lease never expires while it is still sending.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        routing: Callable[[], Routing],
+        *,
+        clock: Callable[[], float],
+        batch_size: int = 100,
+        concurrency: int = 64,
+        lease_seconds: float = 60.0,
+        idle_seconds: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._routing = routing
+        self._clock = clock
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._idle_seconds = idle_seconds
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.worker_id = uuid.uuid4().hex[:8]
+        self.stats = DispatcherStats()
+
+    def wake(self) -> None:
+        """Tell a sleeping dispatcher that new deliveries are due (same process only)."""
+        self._wakeup.set()
+
+    async def run_once(self) -> int:
+        """Claim one batch, send it all, record every outcome. Returns how many were claimed."""
+        claims = await self._store.claim(self._clock(), self._batch_size, self._lease_seconds)
+        if claims:
+            await asyncio.gather(*(self._attempt(claim) for claim in claims))
+        return len(claims)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Keep claiming while work is due; sleep until woken, the next due time, or idle.
+
+        Claims only as many deliveries as there are free send slots, so no lease ticks away
+        while its delivery waits for a slot.
+        """
+        while not stop.is_set():
+            self._wakeup.clear()
+            free = self._concurrency - len(self._in_flight)
+            if free <= 0:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            limit = min(self._batch_size, free)
+            try:
+                claims = await self._store.claim(self._clock(), limit, self._lease_seconds)
+            except StoreUnavailableError as exc:
+                log.warning("dispatcher: %s", exc)
+                claims = []
+            for claim in claims:
+                task = asyncio.create_task(self._attempt(claim))
+                self._in_flight.add(task)
+                task.add_done_callback(self._done)
+            if len(claims) == limit:
+                continue
+            await self._sleep(stop)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        # A finished send may have scheduled a retry sooner than our next wake-up.
+        self._wakeup.set()
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        timeout = self._idle_seconds
+        try:
+            due = await self._store.next_due()
+        except StoreUnavailableError:
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self._clock()))
+        # Never spin: due work we did not claim is already held by an in-flight send.
+        timeout = max(timeout, 0.005)
+        waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _attempt(self, claim: Claim) -> None:
+        started = self._clock()
+        routing = self._routing()
+        channel = routing.channels.get(claim.destination)
+        try:
+            if channel is None:
+                raise PermanentDeliveryError(
+                    f"destination '{claim.destination}' is no longer in the rules"
+                )
+            await channel.send(
+                Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
+            )
+            outcome = Outcome("delivered")
+        except DeliveryError as exc:
+            outcome = self._after_failure(claim, exc, routing)
+        except Exception as exc:  # a channel bug must not lose the delivery
+            log.exception("dispatcher: %s to %s crashed", claim.delivery_id, claim.destination)
+            outcome = self._after_failure(
+                claim, PermanentDeliveryError(f"internal error: {type(exc).__name__}"), routing
+            )
+        await self._record(claim, outcome, started)
+
+    def _after_failure(self, claim: Claim, error: DeliveryError, routing: Routing) -> Outcome:
+        policy = routing.policy(claim.destination)
+        next_at = policy.next_attempt(claim.attempt, error, self._clock())
+        if next_at is None:
+            why = "permanent" if not error.transient else f"gave up after {claim.attempt} attempts"
+            return Outcome("dead", f"{error.reason} ({why})")
+        return Outcome("pending", error.reason, next_at)
+
+    async def _record(self, claim: Claim, outcome: Outcome, started: float) -> None:
+        try:
+            # Shielded: a shutdown that cancels us must not lose the outcome of a sent message.
+            kept = await asyncio.shield(self._store.finish(claim, outcome, started, self._clock()))
+        except StoreUnavailableError as exc:
+            # The lease will expire and the delivery will be tried again: at least once.
+            log.error("dispatcher: could not record %s: %s", claim.delivery_id, exc)
+            return
+        if not kept:
+            self.stats.lost_leases += 1
+            log.warning("dispatcher: lease on %s was lost before recording", claim.delivery_id)
+            return
+        if outcome.state == "delivered":
+            self.stats.delivered += 1
+        elif outcome.state == "pending":
+            self.stats.retried += 1
+            log.info(
+                "delivery %s to %s failed (attempt %d), retrying: %s",
+                claim.delivery_id,
+                claim.destination,
+                claim.attempt,
+                outcome.detail,
+            )
+        else:
+            self.stats.dead += 1
+            log.warning(
+                "delivery %s to %s is dead: %s",
+                claim.delivery_id,
+                claim.destination,
+                outcome.detail,
+            )

@@ -1,0 +1,107 @@
+"""The normalized task event (DESIGN section 3): one model for every provider."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["pending", "processing", "succeeded", "failed", "cancelled"]
+OutputKind = Literal["image", "video", "audio", "model3d", "text", "file"]
+
+FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Output(BaseModel):
+    """One produced artefact. ``url`` is empty for text outputs, which carry ``text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: OutputKind
+    url: str | None = None
+    expires_at: datetime | None = None
+    nsfw: bool | None = None
+    width: int | None = None
+    height: int | None = None
+    text: str | None = None
+    title: str | None = None
+    thumbnail_url: str | None = None
+
+
+class TaskError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str | None = None
+    message: str
+    detail: str | None = None
+
+
+class TaskEvent(BaseModel):
+    """What a provider callback means, whatever the provider.
+
+    ``id`` and ``received_at`` are ours; everything else comes from the payload.
+    ``raw`` is the provider body with secrets redacted.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    source: str
+    provider: str
+    task_id: str
+    dedupe_key: str
+
+    model: str | None = None
+    task_type: str | None = None
+    prompt: str | None = None
+    test: bool = False
+
+    status: Status
+    provider_status: str
+    progress: int | None = None
+    final: bool
+
+    outputs: list[Output] = Field(default_factory=list)
+    error: TaskError | None = None
+
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    received_at: datetime
+
+    usage: dict[str, Any] | None = None
+    raw: Any = None
+
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """Routing labels (DESIGN section 4). ``output_kind`` has one value per distinct kind."""
+        kinds = tuple(dict.fromkeys(o.kind for o in self.outputs))
+        return {
+            "source": (self.source,),
+            "provider": (self.provider,),
+            "status": (self.status,),
+            "model": (self.model or "",),
+            "task_type": (self.task_type or "",),
+            "task_id": (self.task_id,),
+            "test": ("true" if self.test else "false",),
+            "final": ("true" if self.final else "false",),
+            "error_code": ((self.error.code or "") if self.error else "",),
+            "output_kind": kinds or ("",),
+        }
+
+
+LABEL_NAMES: frozenset[str] = frozenset(
+    {
+        "source",
+        "provider",
+        "status",
+        "model",
+        "task_type",
+        "task_id",
+        "test",
+        "final",
+        "error_code",
+        "output_kind",
+    }
+)

@@ -1,0 +1,60 @@
+"""The provider plug-in interface.
+
+A provider turns one inbound callback into a TaskEvent. Both steps are pure functions of the
+request, the source's config and the time: no I/O, so fixtures test them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from relay.events import TaskEvent
+from relay.routing.model import SourceConfig
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One received callback, as the endpoint read it.
+
+    ``headers`` has lower-case names. ``path_token`` is the token segment of the URL, if any
+    (already checked by the endpoint when the source has a token).
+    """
+
+    source: str
+    config: SourceConfig
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: datetime
+    path_token: str | None = None
+    query: Mapping[str, str] | None = None
+    client_ip: str | None = None
+    # False only for dry runs (`relay test`): skip checks of secrets and replay windows.
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A callback answered 200 and dropped on purpose (e.g. a provider's non-task event)."""
+
+    reason: str
+
+
+class Provider(Protocol):
+    """One provider's adapter. Registered by name in ``relay.providers.PROVIDERS``."""
+
+    name: str
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Check what can be checked before the body is parsed (shared secrets, signatures
+        over the raw bytes). Raise VerificationError on failure."""
+
+    def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
+        """Turn the parsed JSON body into a TaskEvent.
+
+        Checks that need the body (timestamps in the replay window) raise VerificationError;
+        anything not shaped as the provider documents raises PayloadError. Never any other
+        exception.
+        """

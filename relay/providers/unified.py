@@ -1,0 +1,386 @@
+"""GoAPI and PiAPI: one "unified" task schema (DESIGN section 2).
+
+The callback body is ``{"timestamp": <unix s>, "data": <the task>}``; the header
+``x-webhook-secret`` carries our shared secret in clear. ``data.output`` has a different shape per
+model (Luma, Kling, Flux, Midjourney, Suno, 3D, captions), all read by ``_OutputCollector``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import PayloadError, VerificationError
+from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.providers.base import Ignored, Inbound
+from relay.providers.common import (
+    as_float,
+    get_dict,
+    get_list,
+    get_str,
+    kind_from_url,
+    parse_time,
+    redact,
+    s3_expiry,
+    secrets_equal,
+)
+
+SECRET_HEADER = "x-webhook-secret"
+
+STATUS_MAP: dict[str, Status] = {
+    "pending": "pending",
+    "staged": "pending",
+    "processing": "processing",
+    "running": "processing",
+    "starting": "processing",
+    "completed": "succeeded",
+    "succeeded": "succeeded",
+    "success": "succeeded",
+    "failed": "failed",
+    "error": "failed",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+
+# Where the prompt can sit, first non-empty wins: (section of data, key).
+PROMPT_PLACES: tuple[tuple[str, str], ...] = (
+    ("input", "prompt"),
+    ("input", "user_prompt"),
+    ("input", "gpt_description_prompt"),
+    ("input", "text"),
+)
+
+# Output keys that hold URLs of one kind (or of a kind read from the URL when None), read after
+# the model-specific shapes; a string or a list of strings/objects with a URL.
+GENERIC_OUTPUT_KEYS: tuple[tuple[str, OutputKind | None], ...] = (
+    ("video_url", "video"),
+    ("video_urls", "video"),
+    ("videos", "video"),
+    ("audio_url", "audio"),
+    ("audios", "audio"),
+    ("images", "image"),
+    ("url", None),
+    ("download_url", None),
+)
+
+# A Kling work holds its media under a key named for the kind.
+KLING_WORK_KINDS: tuple[OutputKind, ...] = ("video", "image")
+
+# Keys inside an output object that may hold its URL, best first (no-watermark before watermark).
+URL_KEYS: tuple[str, ...] = (
+    "resource_without_watermark",
+    "url_no_watermark",
+    "resource",
+    "url",
+    "image_url",
+    "video_url",
+    "audio_url",
+)
+
+
+class UnifiedProvider:
+    """The adapter for GoAPI and PiAPI, which share one schema; ``name`` tells them apart."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Check ``x-webhook-secret`` against the source's secret, in constant time.
+
+        A source without a secret must have a token, which the endpoint has already checked in
+        the URL. A source with neither is refused rather than left open.
+        """
+        secret = inbound.config.secret
+        if secret is None:
+            if inbound.config.token is None:
+                raise VerificationError("source: has neither a secret nor a token")
+            return
+        given = inbound.headers.get(SECRET_HEADER)
+        if not given:
+            raise VerificationError(f"{SECRET_HEADER} header missing")
+        if not secrets_equal(secret.get_secret_value(), given):
+            raise VerificationError(f"{SECRET_HEADER} does not match")
+
+    def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
+        """Turn a unified-schema callback into a TaskEvent.
+
+        The body timestamp is checked first (VerificationError when missing or outside the
+        replay window); ``data``, ``data.task_id`` and ``data.status`` are required (PayloadError
+        naming the field). Every other field is optional and ignored when it has a wrong type.
+        """
+        if not isinstance(payload, dict):
+            raise PayloadError("body: not a JSON object")
+        timestamp = _checked_timestamp(payload, inbound)
+        data = get_dict(payload, "data")
+        if data is None:
+            raise PayloadError("data: missing or not an object")
+        task_id = get_str(data, "task_id")
+        if task_id is None:
+            raise PayloadError("data.task_id: missing or not a string")
+        provider_status = get_str(data, "status")
+        if provider_status is None:
+            raise PayloadError("data.status: missing or not a string")
+        # Unknown statuses are new intermediate states more often than new final ones: treating
+        # them as progress never closes a task by mistake.
+        status = STATUS_MAP.get(provider_status.lower(), "processing")
+
+        output = data.get("output")
+        meta = get_dict(data, "meta")
+        created_at = parse_time(_get(meta, "created_at"))
+        finished_at = parse_time(_get(meta, "ended_at"))
+        try:
+            return TaskEvent(
+                id=event_id,
+                source=inbound.source,
+                provider=self.name,
+                task_id=task_id,
+                dedupe_key=f"{task_id}:{provider_status.lower()}:{timestamp}",
+                model=get_str(data, "model"),
+                task_type=get_str(data, "task_type"),
+                prompt=_prompt(data),
+                test=False,
+                status=status,
+                provider_status=provider_status,
+                progress=_progress(output, status),
+                final=status in FINAL_STATUSES,
+                outputs=_OutputCollector().collect(output),
+                error=_error(data.get("error")),
+                created_at=created_at,
+                started_at=parse_time(_get(meta, "started_at")),
+                finished_at=finished_at,
+                duration_s=_duration(created_at, finished_at),
+                received_at=inbound.received_at,
+                usage=get_dict(meta, "usage"),
+                raw=redact(payload),
+            )
+        except ValidationError as exc:
+            # Our own readers should only pass valid values; if one slips through, the caller
+            # still gets a 400 naming the field, not a 500.
+            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
+            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+
+
+def _get(obj: dict[str, Any] | None, key: str) -> Any:
+    return obj.get(key) if obj is not None else None
+
+
+def _checked_timestamp(payload: dict[str, Any], inbound: Inbound) -> str:
+    """The body timestamp as text for the dedupe key, once it is known to be fresh."""
+    value = payload.get("timestamp")
+    if value is None:
+        raise VerificationError("timestamp: missing")
+    seconds = as_float(value)
+    if seconds is None:
+        raise VerificationError("timestamp: not a unix time in seconds")
+    shown = _number_text(seconds)
+    window = float(inbound.config.replay_window)
+    received = inbound.received_at
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    # Both directions: a stale body may be a replay, a future one a clock we should not trust.
+    # A dry run (`relay test` on an old sample) skips only this check.
+    if inbound.verify and abs(received.timestamp() - seconds) > window:
+        raise VerificationError(f"timestamp {shown} is outside the {window:g} s replay window")
+    return shown
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _prompt(data: dict[str, Any]) -> str | None:
+    for section, key in PROMPT_PLACES:
+        text = get_str(get_dict(data, section), key)
+        if text is not None:
+            return text
+    # Luma echoes its (possibly expanded) prompt in the generation.
+    return get_str(get_dict(get_dict(data, "output"), "generation"), "prompt")
+
+
+def _progress(output: Any, status: Status) -> int | None:
+    if status == "succeeded":
+        return 100
+    value = as_float(output.get("progress")) if isinstance(output, dict) else None
+    if value is None:
+        return None
+    return round(min(100.0, max(0.0, value)))
+
+
+def _error(error: Any) -> TaskError | None:
+    if isinstance(error, str):
+        return TaskError(message=error.strip()) if error.strip() else None
+    if not isinstance(error, dict):
+        return None
+    code = _error_code(error.get("code"))
+    message = get_str(error, "message")
+    raw_message = get_str(error, "raw_message")
+    # GoAPI sends an all-empty error object ({code: 0, message: ""}) on every success.
+    if code is None and message is None and raw_message is None:
+        return None
+    text = message or raw_message or f"error code {code}"
+    detail = raw_message if raw_message and raw_message != text else None
+    return TaskError(code=code, message=text, detail=detail)
+
+
+def _error_code(value: Any) -> str | None:
+    if isinstance(value, str):
+        text = value.strip()
+        return text if text and text != "0" else None
+    number = as_float(value)
+    if number is None or number == 0:
+        return None
+    return _number_text(number)
+
+
+def _duration(created_at: datetime | None, finished_at: datetime | None) -> float | None:
+    if created_at is None or finished_at is None or finished_at < created_at:
+        return None
+    return round((finished_at - created_at).total_seconds(), 1)
+
+
+class _OutputCollector:
+    """Reads every output shape of the unified schema, keeping each URL once."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Output] = []
+        self._seen: set[str] = set()
+
+    def collect(self, output: Any) -> list[Output]:
+        """All outputs in ``data.output``: a list is Suno's clips, a dict any other model."""
+        if isinstance(output, list):
+            self._clips(output)
+        elif isinstance(output, dict):
+            self._luma(output)
+            self._kling(output)
+            self._images(output)
+            self._three_d(output)
+            self._text(output)
+            self._object_video(output)
+            for key, kind in GENERIC_OUTPUT_KEYS:
+                self._any(output.get(key), kind)
+        return self.outputs
+
+    def add(
+        self,
+        kind: OutputKind | None,
+        url: Any,
+        *,
+        width: Any = None,
+        height: Any = None,
+        title: str | None = None,
+        thumbnail_url: str | None = None,
+    ) -> None:
+        """Add one URL output unless it is empty, not http(s), or already there."""
+        if not isinstance(url, str):
+            return
+        url = url.strip()
+        # Only web URLs: base64 blobs and other schemes are not something a channel can link.
+        if not url.lower().startswith(("http://", "https://")) or url in self._seen:
+            return
+        self._seen.add(url)
+        self.outputs.append(
+            Output(
+                kind=kind or kind_from_url(url),
+                url=url,
+                expires_at=s3_expiry(url),
+                width=_positive(width),
+                height=_positive(height),
+                title=title,
+                thumbnail_url=thumbnail_url,
+            )
+        )
+
+    def _any(self, value: Any, kind: OutputKind | None) -> None:
+        """A URL string, an object holding one, or a list of either."""
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                self.add(kind, _first_url(item), width=item.get("width"), height=item.get("height"))
+            else:
+                self.add(kind, item)
+
+    def _clips(self, clips: list[Any]) -> None:
+        # Suno: one audio output per clip; a clip's video_url is only a visualiser of the song.
+        for clip in clips:
+            if isinstance(clip, dict):
+                self.add(
+                    "audio",
+                    get_str(clip, "audio_url"),
+                    title=get_str(clip, "title"),
+                    thumbnail_url=get_str(clip, "image_url"),
+                )
+            else:
+                self.add(None, clip)
+
+    def _luma(self, output: dict[str, Any]) -> None:
+        video = get_dict(get_dict(output, "generation"), "video")
+        if video is None:
+            return
+        self.add(
+            "video",
+            get_str(video, "url_no_watermark") or get_str(video, "url"),
+            width=video.get("width"),
+            height=video.get("height"),
+            thumbnail_url=get_str(video, "thumbnail"),
+        )
+
+    def _kling(self, output: dict[str, Any]) -> None:
+        for work in get_list(output, "works") or []:
+            cover = get_dict(work, "cover")
+            thumbnail = _first_url(cover) if cover is not None else None
+            for kind in KLING_WORK_KINDS:
+                media = get_dict(work, kind)
+                if media is not None:
+                    self.add(
+                        kind,
+                        _first_url(media),
+                        width=media.get("width"),
+                        height=media.get("height"),
+                        thumbnail_url=thumbnail if kind == "video" else None,
+                    )
+
+    def _images(self, output: dict[str, Any]) -> None:
+        # Midjourney: image_urls are the finished images, image_url the grid of them,
+        # temporary_image_urls a short-lived copy; intermediate_image_urls are progress previews
+        # and never outputs. Flux has only image_url (its image_base64 is not a URL).
+        urls = [u for u in get_list(output, "image_urls") or [] if isinstance(u, str) and u.strip()]
+        if urls:
+            self._any(urls, "image")
+        elif get_str(output, "image_url"):
+            self.add("image", get_str(output, "image_url"))
+        else:
+            self._any(get_list(output, "temporary_image_urls") or [], "image")
+
+    def _three_d(self, output: dict[str, Any]) -> None:
+        model_file = output.get("model_file")
+        if isinstance(model_file, dict):
+            model_file = _first_url(model_file)
+        self.add("model3d", model_file)
+        self.add("video", get_str(output, "combined_video"))
+
+    def _text(self, output: dict[str, Any]) -> None:
+        text = get_str(output, "text")
+        if text is not None:
+            self.outputs.append(Output(kind="text", text=text))
+
+    def _object_video(self, output: dict[str, Any]) -> None:
+        # Kling 3.0 and OmniHuman put the result in "video": a URL, or an object with one.
+        video = output.get("video")
+        self.add("video", _first_url(video) if isinstance(video, dict) else video)
+
+
+def _first_url(obj: dict[str, Any]) -> str | None:
+    for key in URL_KEYS:
+        url = get_str(obj, key)
+        if url is not None:
+            return url
+    return None
+
+
+def _positive(value: Any) -> int | None:
+    number = as_float(value)
+    if number is None or number <= 0 or not number.is_integer() or number > 1_000_000:
+        return None
+    return int(number)

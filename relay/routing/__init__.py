@@ -1,0 +1,1 @@
+"""Rules: the model, the strict loader, Alertmanager-style matchers and the router."""

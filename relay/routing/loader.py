@@ -1,0 +1,298 @@
+"""The strict rules loader (DESIGN section 4): read every rules file, report every problem at once.
+
+Each problem reads ``<file>: <key.path>: <message>`` and never contains a secret's value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from relay.errors import ConfigError
+from relay.routing.envsubst import KeyPath, expand
+from relay.routing.model import Destination, Route, Rules, SourceConfig
+from relay.routing.yamlfile import YamlFileError, read_yaml
+
+_SECTIONS = ("sources", "destinations", "routes")
+_SUFFIXES = (".yaml", ".yml")
+# Source names and tokens are URL path segments: /hooks/{name}/{token}.
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+_SEGMENT_RULE = "must use only letters, digits, '_', '.' and '-' (it is part of the URL path)"
+# Providers such as APIMart append /callback to our URL, so /hooks/{name}/callback must stay
+# unambiguous: a token may not be that word.
+_RESERVED_TOKENS = frozenset({"callback"})
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class LoadedRules:
+    """Validated rules, the files they came from, and human lines about defaults that were used."""
+
+    rules: Rules
+    files: list[Path]
+    defaults_used: list[str]
+
+
+def load_rules(directory: Path, env: Mapping[str, str], providers: Collection[str]) -> LoadedRules:
+    """Read and merge every ``*.yaml``/``*.yml`` under ``directory``; validate strictly.
+
+    ``env`` supplies ``${VAR}`` values; ``providers`` are the provider names a source may use.
+    Raises ``ConfigError`` listing every problem found in every file.
+    """
+    files = find_rule_files(directory)
+    merge = _Merge(providers=providers)
+    for path in files:
+        merge.add_file(path, env)
+    merge.check_routes()
+    if merge.problems:
+        raise ConfigError(merge.problems)
+    rules = Rules(
+        sources={name: cfg for name, (_, cfg) in merge.sources.items()},
+        destinations={name: dest for name, (_, dest) in merge.destinations.items()},
+        routes=[route for _, _, route in merge.routes],
+    )
+    return LoadedRules(rules=rules, files=files, defaults_used=merge.defaults_used)
+
+
+def find_rule_files(directory: Path) -> list[Path]:
+    """The rules files under ``directory``: each folder's files by name, then its subfolders.
+
+    Raises ``ConfigError`` if the directory is missing, unreadable or holds no rules file.
+    """
+    if not directory.is_dir():
+        why = "not a directory" if directory.exists() else "no such directory"
+        raise ConfigError([f"{directory}: {why}"])
+    problems: list[str] = []
+    files = _walk(directory, problems, set())
+    if not files and not problems:
+        problems.append(f"{directory}: no *.yaml or *.yml rules file")
+    if problems:
+        raise ConfigError(problems)
+    return files
+
+
+def _walk(directory: Path, problems: list[str], seen: set[Path]) -> list[Path]:
+    real = directory.resolve()
+    if real in seen:  # a symlink loop
+        return []
+    seen.add(real)
+    try:
+        # Hidden entries are skipped: a Kubernetes ConfigMap mount holds "..data" and
+        # "..<timestamp>" folders with the same files, which would otherwise load twice.
+        entries = sorted(
+            (e for e in directory.iterdir() if not e.name.startswith(".")), key=lambda e: e.name
+        )
+    except OSError as exc:
+        problems.append(f"{directory}: cannot list: {exc.strerror}")
+        return []
+    found = [e for e in entries if e.suffix in _SUFFIXES and e.is_file()]
+    for entry in entries:
+        if entry.is_dir():
+            found.extend(_walk(entry, problems, seen))
+    return found
+
+
+def key_path(parts: Sequence[str | int]) -> str:
+    """``("routes", 2, "match")`` -> ``routes[2].match``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: ErrorDetails) -> str:
+    """A pydantic error as ops should read it. Never echoes the input (it may be a secret)."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a mapping of keys to values"
+    if kind == "union_tag_invalid":
+        return f"unknown type '{ctx['tag']}' (known: {ctx['expected_tags']})"
+    if kind == "union_tag_not_found":
+        return "missing required key 'type'"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return error["msg"]
+
+
+@dataclass
+class _Merge:
+    """The state of one ``load_rules`` call: what has been merged so far and every problem."""
+
+    providers: Collection[str]
+    problems: list[str] = field(default_factory=list)
+    defaults_used: list[str] = field(default_factory=list)
+    # name -> (file, validated model); names whose definition was invalid are only in origins.
+    sources: dict[str, tuple[str, SourceConfig]] = field(default_factory=dict)
+    destinations: dict[str, tuple[str, Destination]] = field(default_factory=dict)
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)
+    routes: list[tuple[str, int, Route]] = field(default_factory=list)
+    destination_adapter: TypeAdapter[Destination] = field(
+        default_factory=lambda: TypeAdapter(Destination)
+    )
+
+    def problem(self, file: str, path: KeyPath, message: str) -> None:
+        self.problems.append(
+            f"{file}: {key_path(path)}: {message}" if path else f"{file}: {message}"
+        )
+
+    def add_file(self, path: Path, env: Mapping[str, str]) -> None:
+        file = str(path)
+        try:
+            data = read_yaml(path)
+        except YamlFileError as exc:
+            self.problems.append(f"{file}: {exc}")
+            return
+        if data is None:
+            return
+        if not isinstance(data, dict):
+            self.problem(file, (), "must be a mapping with sources, destinations and routes")
+            return
+        expansion = expand(data, env)
+        for where, message in expansion.problems:
+            self.problem(file, where, message)
+        # A source, destination or route with a variable that could not be expanded is not
+        # validated: its errors would only echo the missing value ("is empty", "unknown ''").
+        unexpanded = {where[:2] for where, _ in expansion.problems}
+        for where, name in expansion.defaults_used:
+            self.defaults_used.append(f"{file}: {key_path(where)} uses the default of ${{{name}}}")
+        tree = expansion.value
+        if not isinstance(tree, dict):  # never: expand keeps the shape; this narrows the type
+            return
+        for key in tree:
+            if key not in _SECTIONS:
+                self.problem(file, (str(key),), f"unknown key (expected {', '.join(_SECTIONS)})")
+        self.add_named(file, "sources", tree.get("sources"), self.add_source, unexpanded)
+        self.add_named(
+            file, "destinations", tree.get("destinations"), self.add_destination, unexpanded
+        )
+        self.add_routes(file, tree.get("routes"), unexpanded)
+
+    def add_named(
+        self,
+        file: str,
+        section: str,
+        items: object,
+        add: Callable[[str, str, object], None],
+        unexpanded: set[KeyPath],
+    ) -> None:
+        if items is None:  # "sources:" with everything below commented out
+            return
+        if not isinstance(items, dict):
+            self.problem(file, (section,), "must be a mapping of names to definitions")
+            return
+        for name, raw in items.items():
+            if not isinstance(name, str):
+                self.problem(file, (section, str(name)), "name must be a string (quote it)")
+                continue
+            earlier = self.origins.get((section, name))
+            if earlier is not None:
+                self.problem(file, (section, name), f"already defined in {earlier}")
+                continue
+            self.origins[(section, name)] = file
+            if (section, name) not in unexpanded:
+                add(file, name, raw)
+
+    def validate(
+        self,
+        file: str,
+        path: KeyPath,
+        check: Callable[[object], _T],
+        raw: object,
+        tagged: bool = False,
+    ) -> _T | None:
+        try:
+            return check(raw)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = error["loc"]
+                # A discriminated union puts the tag first ("webhook", "url"); ops never wrote it.
+                if tagged and loc and isinstance(raw, dict) and loc[0] == raw.get("type"):
+                    loc = loc[1:]
+                self.problem(file, (*path, *loc), _describe(error))
+            return None
+
+    def add_source(self, file: str, name: str, raw: object) -> None:
+        path: KeyPath = ("sources", name)
+        if not _PATH_SEGMENT.fullmatch(name):
+            self.problem(file, path, f"name {_SEGMENT_RULE}")
+        cfg = self.validate(file, path, SourceConfig.model_validate, raw)
+        if cfg is None:
+            return
+        ok = True
+        if cfg.provider not in self.providers:
+            known = ", ".join(sorted(self.providers))
+            self.problem(
+                file, (*path, "provider"), f"unknown provider '{cfg.provider}' (known: {known})"
+            )
+            ok = False
+        if cfg.secret is None and cfg.token is None:
+            self.problem(
+                file, path, "needs a secret or a token: without either anyone could post events"
+            )
+            ok = False
+        if cfg.secret is not None and not cfg.secret.get_secret_value():
+            self.problem(file, (*path, "secret"), "is empty")
+            ok = False
+        if cfg.token is not None:
+            token = cfg.token.get_secret_value()
+            if not _PATH_SEGMENT.fullmatch(token):
+                self.problem(file, (*path, "token"), _SEGMENT_RULE)
+                ok = False
+            elif token in _RESERVED_TOKENS:
+                self.problem(file, (*path, "token"), f"must not be '{token}' (a reserved path)")
+                ok = False
+        for index, network in enumerate(cfg.allow_ips):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                self.problem(
+                    file, (*path, "allow_ips", index), f"'{network}' is not an IP address or CIDR"
+                )
+                ok = False
+        if ok:
+            self.sources[name] = (file, cfg)
+
+    def add_destination(self, file: str, name: str, raw: object) -> None:
+        check = self.destination_adapter.validate_python
+        dest = self.validate(file, ("destinations", name), check, raw, tagged=True)
+        if dest is not None:
+            self.destinations[name] = (file, dest)
+
+    def add_routes(self, file: str, items: object, unexpanded: set[KeyPath]) -> None:
+        if items is None:
+            return
+        if not isinstance(items, list):
+            self.problem(file, ("routes",), "must be a list of routes")
+            return
+        for index, raw in enumerate(items):
+            if ("routes", index) in unexpanded:
+                continue
+            route = self.validate(file, ("routes", index), Route.model_validate, raw)
+            if route is not None:
+                self.routes.append((file, index, route))
+
+    def check_routes(self) -> None:
+        """Every destination a route names must exist in some file (checked after merging)."""
+        known = sorted(name for section, name in self.origins if section == "destinations")
+        listed = ", ".join(known) if known else "none defined"
+        for file, index, route in self.routes:
+            for name in route.to:
+                if ("destinations", name) not in self.origins:
+                    self.problem(
+                        file,
+                        ("routes", index, "to"),
+                        f"unknown destination '{name}' (known: {listed})",
+                    )

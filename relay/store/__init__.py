@@ -1,0 +1,34 @@
+"""Durable storage of events and deliveries. ``open_store(url)`` picks the backend."""
+
+from __future__ import annotations
+
+from relay.store.base import Store
+from relay.store.memory import MemoryStore
+from relay.store.sqlite import SQLiteStore
+
+__all__ = ["Store", "open_store"]
+
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def open_store(url: str) -> Store:
+    """The store a database URL names, not yet opened (the caller awaits ``open()``).
+
+    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` pick SQLite;
+    ``memory://`` picks the in-memory store. Anything else is a ValueError that names only
+    the scheme, since a URL may carry a password.
+    """
+    if url == "memory://":
+        return MemoryStore()
+    if url.startswith(_SQLITE_PREFIX):
+        path = url[len(_SQLITE_PREFIX) :]
+        if not path or path == ":memory:":
+            raise ValueError("sqlite database URL needs a file path: use sqlite:///path.db")
+        return SQLiteStore(path)
+    if url.startswith("sqlite:"):
+        raise ValueError(
+            "unsupported database URL: sqlite needs three slashes; use sqlite:///path.db"
+        )
+    scheme, sep, _ = url.partition("://")
+    named = f"scheme {scheme!r}" if sep else "without a scheme"
+    raise ValueError(f"unsupported database URL {named}; use sqlite:///path.db")

@@ -1,0 +1,137 @@
+"""The Store protocol every backend implements, and the records it exchanges.
+
+The store only persists: it never sends and never decides retries. Times are unix seconds
+(floats) passed in by the caller, so tests control the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from relay.events import TaskEvent
+
+DeliveryState = Literal["pending", "sending", "delivered", "dead"]
+DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "sending", "delivered", "dead")
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """One delivery to create with an event: one per (route, destination)."""
+
+    id: str
+    destination: str
+    route: int
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    event_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to one worker until ``lease_until``.
+
+    ``attempt`` counts this attempt (1 for the first try since creation or replay).
+    Outcomes are recorded with ``lease_token``: a worker whose lease was taken over
+    cannot overwrite the new holder's result.
+    """
+
+    delivery_id: str
+    event: TaskEvent
+    destination: str
+    route: int
+    attempt: int
+    lease_token: str
+    lease_until: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to. ``state`` pending means retry at ``next_attempt_at``."""
+
+    state: Literal["delivered", "pending", "dead"]
+    detail: str = ""
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A delivery as listed by ``relay deliveries``."""
+
+    id: str
+    event_id: str
+    source: str
+    task_id: str
+    status: str
+    destination: str
+    route: int
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    delivery_id: str
+    attempt: int
+    started_at: float
+    finished_at: float
+    state: str
+    detail: str
+
+
+class Store(Protocol):
+    """Persistence for events, deliveries and attempts. One contract suite tests every backend."""
+
+    async def open(self) -> None:
+        """Connect and apply migrations. Safe to call on an existing database."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store can be read and written."""
+
+    async def ingest(self, event: TaskEvent, deliveries: list[NewDelivery]) -> IngestResult:
+        """Store the event and its deliveries in one transaction, or nothing.
+
+        If an event with the same (source, dedupe_key) exists, store nothing and return
+        that event's id with ``duplicate=True``. New deliveries are due at once
+        (``next_attempt_at`` = the event's ``received_at``). Raises StoreUnavailableError
+        when the data could not be made durable.
+        """
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries, oldest due first.
+
+        Due: pending with ``next_attempt_at <= now``, or sending with an expired lease
+        (its worker died). Each claim increments the delivery's attempt count.
+        """
+
+    async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
+        """Record an attempt's outcome and its attempt row. False (and no change) if the lease
+        was lost to another worker."""
+
+    async def list_deliveries(
+        self, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
+        """Newest first."""
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    async def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        """Oldest first."""
+
+    async def get_event(self, event_id: str) -> TaskEvent | None: ...
+
+    async def replay(self, delivery_id: str, now: float) -> bool:
+        """Make a dead delivery pending and due now, with its attempt count reset to 0.
+        False if it does not exist or is not dead."""
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending delivery or lease falls due, or None if none is waiting."""

@@ -1,0 +1,239 @@
+"""The SQLite store: one file in WAL mode, the default backend (DESIGN section 6).
+
+sqlite3 blocks, so one dedicated worker thread owns the one connection and runs every
+statement; the event loop only awaits futures. One thread also means one writer in this
+process, so our own calls never contend for the database lock.
+
+Ingest is the hot path: every provider callback waits for it before it gets its 2xx. Concurrent
+ingests are group-committed: they queue, and one flush writes the whole queue in one transaction
+(one fsync for the lot) and then answers every waiter. Items that arrive during a flush go in the
+next one, so batches grow exactly when the disk is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from relay.errors import StoreUnavailableError
+from relay.events import TaskEvent
+from relay.store import sqlite_queries as q
+from relay.store.base import (
+    AttemptRecord,
+    Claim,
+    DeliveryRecord,
+    DeliveryState,
+    IngestResult,
+    NewDelivery,
+    Outcome,
+)
+from relay.store.memory import next_attempt_for
+
+T = TypeVar("T")
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclass(frozen=True)
+class _Waiter:
+    """One queued ingest: the worker thread gets ``item``; only the loop touches ``future``."""
+
+    item: q.IngestItem
+    future: asyncio.Future[IngestResult]
+
+
+class SQLiteStore:
+    """A Store in one SQLite file.
+
+    ``synchronous`` is SQLite's durability knob: FULL (the default) fsyncs every commit, so a
+    2xx to a provider means the event survives a power cut. ``busy_timeout`` is how long (in
+    seconds) to wait for another process's write lock before answering StoreUnavailableError.
+    ``ingest_batches`` counts group commits, for metrics.
+    """
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        self.path = path
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closing = False
+        self._queue: list[_Waiter] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.ingest_batches = 0
+
+    async def open(self) -> None:
+        """Create the file (and its directory) if missing, set WAL mode, apply migrations."""
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+        except BaseException:
+            executor.shutdown(wait=True)
+            raise
+        self._executor, self._conn, self._closing = executor, conn, False
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"store: open: {exc}") from exc
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are
+            # exactly as wide as the code says.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            q.migrate(conn)
+            return conn
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailableError(f"store: open: {exc}") from exc
+            raise
+
+    async def close(self) -> None:
+        """Finish queued ingests and already submitted writes, then close the connection."""
+        if self._executor is None or self._conn is None:
+            return
+        self._closing = True
+        if self._flusher is not None:
+            # wait() rather than await: a flusher that failed has already answered its waiters.
+            await asyncio.wait([self._flusher])
+        executor, conn = self._executor, self._conn
+        self._executor, self._conn, self._flusher = None, None, None
+        try:
+            # Queued behind every job already submitted (shielded writes included).
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            executor.shutdown(wait=True)
+
+    def _submit(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the worker thread; sqlite errors become StoreUnavailableError."""
+        if self._executor is None or self._conn is None:
+            raise StoreUnavailableError(f"store: {what}: not open")
+        conn = self._conn
+
+        def job() -> T:
+            try:
+                return fn(conn)
+            except BaseException as exc:
+                # Never leave a transaction open: the next job would run inside it.
+                if conn.in_transaction:
+                    # The original error is the one worth reporting.
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailableError(f"store: {what}: {exc}") from exc
+                raise
+
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def ping(self) -> None:
+        await self._submit("ping", q.ping)
+
+    async def ingest(self, event: TaskEvent, deliveries: list[NewDelivery]) -> IngestResult:
+        if self._closing or self._executor is None:
+            raise StoreUnavailableError("store: ingest: not open")
+        loop = asyncio.get_running_loop()
+        # Serialized here, so a model that cannot be dumped fails its own caller only.
+        item = q.IngestItem(event, event.model_dump_json(), list(deliveries))
+        waiter = _Waiter(item, loop.create_future())
+        self._queue.append(waiter)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await waiter.future
+
+    async def _flush(self) -> None:
+        """Write queued ingests, one transaction per batch, until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                # Shielded: once a batch is in the thread, it commits or fails as a whole.
+                fut = self._submit("ingest", partial(q.write_batch, batch=[w.item for w in batch]))
+                results = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                _fail(batch, StoreUnavailableError("store: ingest: cancelled"))
+                raise
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
+            self.ingest_batches += 1
+            for waiter, result in zip(batch, results, strict=True):
+                if waiter.future.done():  # its caller was cancelled; the row is stored anyway
+                    continue
+                if isinstance(result, IngestResult):
+                    waiter.future.set_result(result)
+                else:
+                    waiter.future.set_exception(result)
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return []
+        return await self._submit(
+            "claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds)
+        )
+
+    async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
+        """Shielded: a caller cancelled mid-write (shutdown) still has its outcome recorded."""
+        retry_at = next_attempt_for(outcome)
+        fn = partial(
+            q.finish,
+            claim=claim,
+            outcome=outcome,
+            retry_at=retry_at,
+            started_at=started_at,
+            now=now,
+        )
+        return await asyncio.shield(self._submit("finish", fn))
+
+    async def list_deliveries(
+        self, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return []
+        return await self._submit(
+            "list deliveries", partial(q.list_deliveries, state=state, limit=limit)
+        )
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        return await self._submit("get delivery", partial(q.get_delivery, delivery_id=delivery_id))
+
+    async def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        return await self._submit("attempts", partial(q.attempts, delivery_id=delivery_id))
+
+    async def get_event(self, event_id: str) -> TaskEvent | None:
+        return await self._submit("get event", partial(q.get_event, event_id=event_id))
+
+    async def replay(self, delivery_id: str, now: float) -> bool:
+        """Shielded like finish: an operator's replay is a status write too."""
+        fut = self._submit("replay", partial(q.replay, delivery_id=delivery_id, now=now))
+        return await asyncio.shield(fut)
+
+    async def next_due(self) -> float | None:
+        return await self._submit("next due", q.next_due)
+
+
+def _fail(batch: list[_Waiter], exc: BaseException) -> None:
+    """Answer every still-waiting caller of a batch that was not written."""
+    for waiter in batch:
+        if not waiter.future.done():
+            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
+            fresh = (
+                StoreUnavailableError(str(exc)) if isinstance(exc, StoreUnavailableError) else exc
+            )
+            waiter.future.set_exception(fresh)

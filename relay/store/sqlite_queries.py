@@ -1,0 +1,343 @@
+"""The blocking half of the SQLite store: schema, migrations and every statement.
+
+Each function takes the connection and runs on the store's worker thread; none knows about
+asyncio. Any transaction a function opens it also ends, except when it raises: the caller
+rolls back then.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from typing import NamedTuple, cast
+
+from relay.errors import StoreUnavailableError
+from relay.events import TaskEvent
+from relay.store.base import (
+    AttemptRecord,
+    Claim,
+    DeliveryRecord,
+    DeliveryState,
+    IngestResult,
+    NewDelivery,
+    Outcome,
+)
+
+# Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        event_json TEXT NOT NULL,
+        UNIQUE (source, dedupe_key)
+    );
+    CREATE TABLE IF NOT EXISTS deliveries (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        destination TEXT NOT NULL,
+        route INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_token TEXT,
+        lease_until REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        -- next_attempt_at while pending, lease_until while sending: one column, so claiming
+        -- is a single index range scan whichever way a delivery fell due.
+        due_at REAL
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due_at)
+        WHERE state IN ('pending', 'sending');
+    -- For `relay deliveries`, newest first, with and without a state filter.
+    CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
+    CREATE INDEX IF NOT EXISTS deliveries_state_created ON deliveries (state, created_at);
+    CREATE TABLE IF NOT EXISTS attempts (
+        delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+    """,
+)
+
+_INSERT_EVENT = """
+    INSERT INTO events
+        (id, source, provider, task_id, dedupe_key, status, received_at, event_json)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (source, dedupe_key) DO NOTHING
+"""
+_INSERT_DELIVERY = """
+    INSERT INTO deliveries (id, event_id, destination, route, state, attempts,
+        next_attempt_at, created_at, updated_at, due_at)
+    VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)
+"""
+# INDEXED BY: without statistics the planner prefers deliveries_state_created and sorts
+# every pending row; the partial due index is always right here (and its predicate is
+# repeated verbatim in WHERE, which SQLite needs to use it).
+CLAIM_SQL = """
+    SELECT d.id, d.destination, d.route, d.attempts, e.event_json
+    FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id
+    WHERE d.state IN ('pending', 'sending') AND d.due_at <= ?
+    ORDER BY d.due_at, d.rowid
+    LIMIT ?
+"""
+NEXT_DUE_SQL = """
+    SELECT min(due_at) FROM deliveries INDEXED BY deliveries_due
+    WHERE state IN ('pending', 'sending')
+"""
+_LEASE = """
+    UPDATE deliveries
+    SET state = 'sending', attempts = attempts + 1, lease_token = ?, lease_until = ?,
+        due_at = ?, updated_at = ?
+    WHERE id = ?
+"""
+_FINISH = """
+    UPDATE deliveries
+    SET state = ?, next_attempt_at = ?, due_at = ?, lease_token = NULL, lease_until = NULL,
+        last_error = ?, updated_at = ?
+    WHERE id = ? AND state = 'sending' AND lease_token = ?
+"""
+_RECORD_COLUMNS = """
+    SELECT d.id, d.event_id, e.source, e.task_id, e.status, d.destination, d.route, d.state,
+        d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at
+    FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+"""
+
+
+class IngestItem(NamedTuple):
+    """One ingest as the worker thread sees it: the event serialized on the loop already."""
+
+    event: TaskEvent
+    event_json: str
+    deliveries: list[NewDelivery]
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a script into statements; complete_statement keeps triggers' inner ';' intact."""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                yield buf
+            buf = ""
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing migrations in one transaction.
+
+    Statement by statement rather than executescript(), which would commit on its own: this
+    way the version check and the changes are atomic, even with several processes opening.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        if current > len(MIGRATIONS):
+            raise StoreUnavailableError(
+                f"store: open: database schema version {current} is newer than this relay "
+                f"({len(MIGRATIONS)})"
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+
+
+def ping(conn: sqlite3.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock: fails on a read-only or locked database.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("SELECT count(*) FROM schema_version").fetchone()
+    conn.execute("ROLLBACK")
+
+
+def write_batch(
+    conn: sqlite3.Connection, batch: list[IngestItem]
+) -> list[IngestResult | StoreUnavailableError]:
+    """Write a batch in one transaction. Any failure of the transaction fails all of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    results = [_write_one(conn, item) for item in batch]
+    conn.execute("COMMIT")
+    return results
+
+
+def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | StoreUnavailableError:
+    """One ingest inside the batch's transaction.
+
+    A savepoint per item, so one item breaking a constraint (an id clash: a bug) is refused
+    alone instead of failing everyone else in the batch.
+    """
+    event = item.event
+    received = event.received_at.timestamp()
+    conn.execute("SAVEPOINT item")
+    try:
+        inserted = conn.execute(
+            _INSERT_EVENT,
+            (
+                event.id,
+                event.source,
+                event.provider,
+                event.task_id,
+                event.dedupe_key,
+                event.status,
+                received,
+                item.event_json,
+            ),
+        ).rowcount
+        if not inserted:
+            # Duplicate of an earlier row or of an earlier item in this batch.
+            (existing,) = conn.execute(
+                "SELECT id FROM events WHERE source = ? AND dedupe_key = ?",
+                (event.source, event.dedupe_key),
+            ).fetchone()
+            conn.execute("RELEASE item")
+            return IngestResult(event_id=existing, duplicate=True)
+        conn.executemany(
+            _INSERT_DELIVERY,
+            [
+                (d.id, event.id, d.destination, d.route, received, received, received, received)
+                for d in item.deliveries
+            ],
+        )
+        conn.execute("RELEASE item")
+        return IngestResult(event_id=event.id, duplicate=False)
+    except sqlite3.IntegrityError as exc:
+        if not conn.in_transaction:  # RAISE(ROLLBACK) in a trigger ended the whole transaction
+            raise
+        conn.execute("ROLLBACK TO item")
+        conn.execute("RELEASE item")
+        return StoreUnavailableError(f"store: ingest: {exc}")
+
+
+def claim(conn: sqlite3.Connection, *, now: float, limit: int, lease: float) -> list[Claim]:
+    """Lease due deliveries. BEGIN IMMEDIATE: another process cannot claim the same rows."""
+    conn.execute("BEGIN IMMEDIATE")
+    rows = conn.execute(CLAIM_SQL, (now, limit)).fetchall()
+    lease_until = now + lease
+    claims = []
+    for delivery_id, destination, route, attempts_so_far, event_json in rows:
+        claims.append(
+            Claim(
+                delivery_id=delivery_id,
+                event=TaskEvent.model_validate_json(event_json),
+                destination=destination,
+                route=route,
+                attempt=attempts_so_far + 1,
+                lease_token=secrets.token_hex(16),
+                lease_until=lease_until,
+            )
+        )
+    conn.executemany(
+        _LEASE, [(c.lease_token, lease_until, lease_until, now, c.delivery_id) for c in claims]
+    )
+    conn.execute("COMMIT")
+    return claims
+
+
+def finish(
+    conn: sqlite3.Connection,
+    *,
+    claim: Claim,
+    outcome: Outcome,
+    retry_at: float | None,
+    started_at: float,
+    now: float,
+) -> bool:
+    conn.execute("BEGIN IMMEDIATE")
+    changed = conn.execute(
+        _FINISH,
+        (
+            outcome.state,
+            retry_at,
+            retry_at,
+            outcome.detail,
+            now,
+            claim.delivery_id,
+            claim.lease_token,
+        ),
+    ).rowcount
+    if changed != 1:
+        conn.execute("ROLLBACK")
+        return False
+    conn.execute(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (claim.delivery_id, claim.attempt, started_at, now, outcome.state, outcome.detail),
+    )
+    conn.execute("COMMIT")
+    return True
+
+
+def _record(row: tuple[object, ...]) -> DeliveryRecord:
+    (id_, event_id, source, task_id, status, dest, route, state, attempts, nxt, err, ca, ua) = row
+    return DeliveryRecord(
+        id=cast(str, id_),
+        event_id=cast(str, event_id),
+        source=cast(str, source),
+        task_id=cast(str, task_id),
+        status=cast(str, status),
+        destination=cast(str, dest),
+        route=cast(int, route),
+        state=cast(DeliveryState, state),  # the table's CHECK constraint guarantees it
+        attempts=cast(int, attempts),
+        next_attempt_at=cast("float | None", nxt),
+        last_error=cast(str, err),
+        created_at=cast(float, ca),
+        updated_at=cast(float, ua),
+    )
+
+
+def list_deliveries(
+    conn: sqlite3.Connection, state: DeliveryState | None, limit: int
+) -> list[DeliveryRecord]:
+    where, args = ("", (limit,)) if state is None else ("WHERE d.state = ?", (state, limit))
+    sql = f"{_RECORD_COLUMNS} {where} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?"
+    return [_record(row) for row in conn.execute(sql, args)]
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:
+    row = conn.execute(f"{_RECORD_COLUMNS} WHERE d.id = ?", (delivery_id,)).fetchone()
+    return None if row is None else _record(row)
+
+
+def attempts(conn: sqlite3.Connection, delivery_id: str) -> list[AttemptRecord]:
+    sql = """
+        SELECT delivery_id, attempt, started_at, finished_at, state, detail
+        FROM attempts WHERE delivery_id = ? ORDER BY rowid
+    """
+    return [AttemptRecord(*row) for row in conn.execute(sql, (delivery_id,))]
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> TaskEvent | None:
+    row = conn.execute("SELECT event_json FROM events WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else TaskEvent.model_validate_json(row[0])
+
+
+def replay(conn: sqlite3.Connection, delivery_id: str, now: float) -> bool:
+    sql = """
+        UPDATE deliveries
+        SET state = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, updated_at = ?
+        WHERE id = ? AND state = 'dead'
+    """
+    return conn.execute(sql, (now, now, now, delivery_id)).rowcount == 1
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    return cast("float | None", conn.execute(NEXT_DUE_SQL).fetchone()[0])

@@ -1,0 +1,446 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.routing.loader import LoadedRules, load_rules
+from relay.routing.matchers import Matcher
+from relay.routing.model import WebhookDestination
+
+PROVIDERS = frozenset({"goapi", "piapi", "novita"})
+WHSEC = "whsec_cmVsYXktZGV2LXNpZ25pbmctc2VjcmV0"
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load(root: Path, env: Mapping[str, str] | None = None) -> LoadedRules:
+    return load_rules(root, env or {}, PROVIDERS)
+
+
+def problems(root: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(root, env)
+    return caught.value.problems
+
+
+SOURCE = """
+sources:
+  goapi:
+    provider: goapi
+    secret: s3cret
+"""
+
+DESTINATION = f"""
+destinations:
+  billing:
+    type: webhook
+    url: https://billing.internal/hooks
+    secret: {WHSEC}
+"""
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+
+def test_shipped_rules_load_with_an_empty_environment() -> None:
+    loaded = load_rules(SHIPPED_RULES, {}, {"goapi", "piapi"})
+    assert set(loaded.rules.sources) == {"goapi", "piapi"}
+    assert set(loaded.rules.destinations) == {"downstream"}
+    assert loaded.rules.routes
+    assert loaded.defaults_used  # the dev defaults are announced so `relay serve` can warn
+
+
+def test_merges_files_in_order_including_subfolders(tmp_path: Path) -> None:
+    write(tmp_path, "a_sources.yaml", SOURCE)
+    write(tmp_path, "b_destinations.yml", DESTINATION)
+    write(tmp_path, "c_routes.yaml", "routes:\n  - match: ['status=\"failed\"']\n    to: billing\n")
+    write(tmp_path, "sub/a.yaml", "routes:\n  - to: [billing]\n")
+    write(tmp_path, "aa/z.yaml", "routes:\n  - {match: 'final=\"true\"', to: [billing]}\n")
+    write(tmp_path, "README.md", "not rules")
+    write(tmp_path, "notes.txt", "sources: [broken")
+    # Hidden folders are skipped: a Kubernetes ConfigMap mount repeats the files in "..data".
+    write(tmp_path, "..data/a_sources.yaml", SOURCE)
+    write(tmp_path, ".git/x.yaml", "broken: [")
+    write(tmp_path, "empty.yaml", "")
+
+    loaded = load(tmp_path)
+
+    assert loaded.files == [
+        tmp_path / "a_sources.yaml",
+        tmp_path / "b_destinations.yml",
+        tmp_path / "c_routes.yaml",
+        tmp_path / "empty.yaml",
+        tmp_path / "aa/z.yaml",
+        tmp_path / "sub/a.yaml",
+    ]
+    rules = loaded.rules
+    assert rules.sources["goapi"].provider == "goapi"
+    assert rules.sources["goapi"].secret is not None
+    assert rules.sources["goapi"].secret.get_secret_value() == "s3cret"
+    assert isinstance(rules.destinations["billing"], WebhookDestination)
+    assert [(r.match, r.to) for r in rules.routes] == [
+        ([Matcher("status", "=", "failed")], ["billing"]),
+        ([Matcher("final", "=", "true")], ["billing"]),
+        ([], ["billing"]),
+    ]
+    assert loaded.defaults_used == []
+
+
+def test_durations_and_continue_alias(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "r.yaml",
+        f"""
+        sources:
+          novita: {{provider: novita, token: abc-123, replay_window: 2m, allow_ips: [10.0.0.0/8]}}
+        destinations:
+          billing:
+            type: webhook
+            url: http://x
+            secret: {WHSEC}
+            timeout: 500ms
+            retry: {{schedule: [1s, 1m], jitter: 0}}
+        routes:
+          - {{to: [billing], continue: true}}
+        """,
+    )
+    rules = load(tmp_path).rules
+    assert rules.sources["novita"].replay_window == 120.0
+    billing = rules.destinations["billing"]
+    assert billing.timeout == 0.5
+    assert billing.retry is not None
+    assert billing.retry.schedule == [1.0, 60.0]
+    assert rules.routes[0].continue_ is True
+
+
+# -- environment substitution ---------------------------------------------------------------
+
+
+def test_env_substitution(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "r.yaml",
+        """
+        sources:
+          goapi:
+            provider: ${PROVIDER}
+            secret: "${SECRET}"
+          piapi:
+            provider: piapi
+            secret: ${UNSET_SECRET:-fallback}
+          novita:
+            provider: novita
+            secret: ${EMPTY_SECRET:-used-when-empty}
+            token: ${TOKEN:-ignored}
+        destinations:
+          billing:
+            type: webhook
+            url: ${URL}
+            headers:
+              X-Price: "$$5 ${CURRENCY}"
+              X-Plain: "a $ b"
+        routes:
+          - match: ['model=~"kling$"', 'task_type="${TASK_TYPE}"']
+            to: [billing]
+        """,
+    )
+    env = {
+        "PROVIDER": "goapi",
+        # Characters that would break the YAML if substituted before parsing.
+        "SECRET": 'a": b\n- [x]#${NOT_EXPANDED_AGAIN}',
+        "EMPTY_SECRET": "",
+        "TOKEN": "tok_1",
+        "URL": "https://billing.internal/hooks",
+        "CURRENCY": "USD",
+        "TASK_TYPE": "img2video",
+    }
+    loaded = load(tmp_path, env)
+    rules = loaded.rules
+    secret = rules.sources["goapi"].secret
+    assert secret is not None
+    assert secret.get_secret_value() == env["SECRET"]
+    piapi_secret = rules.sources["piapi"].secret
+    novita = rules.sources["novita"]
+    assert piapi_secret is not None and piapi_secret.get_secret_value() == "fallback"
+    assert novita.secret is not None and novita.secret.get_secret_value() == "used-when-empty"
+    assert novita.token is not None and novita.token.get_secret_value() == "tok_1"
+    billing = rules.destinations["billing"]
+    assert billing.url == "https://billing.internal/hooks"
+    assert billing.headers == {"X-Price": "$5 USD", "X-Plain": "a $ b"}
+    assert rules.routes[0].match == [
+        Matcher("model", "=~", "kling$"),
+        Matcher("task_type", "=", "img2video"),
+    ]
+    file = tmp_path / "r.yaml"
+    assert loaded.defaults_used == [
+        f"{file}: sources.piapi.secret uses the default of ${{UNSET_SECRET}}",
+        f"{file}: sources.novita.secret uses the default of ${{EMPTY_SECRET}}",
+    ]
+
+
+def test_unset_and_malformed_variables(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "r.yaml",
+        """
+        sources:
+          goapi: {provider: goapi, secret: "${GOAPI_SECRET}"}
+        routes:
+          - to: []
+            match: ['model="${MODEL"', 'task_type="${1BAD}"']
+        """,
+    )
+    file = tmp_path / "r.yaml"
+    assert problems(tmp_path, {"OTHER": "x"}) == [
+        f"{file}: sources.goapi.secret: environment variable GOAPI_SECRET is not set "
+        "(set it, or write ${GOAPI_SECRET:-default} to give a default)",
+        f"{file}: routes[0].match[0]: malformed '${{' at character 7: write ${{NAME}} or "
+        "${NAME:-default}, or $$ for a literal $",
+        f"{file}: routes[0].match[1]: malformed '${{' at character 11: write ${{NAME}} or "
+        "${NAME:-default}, or $$ for a literal $",
+    ]
+
+
+# -- every problem at once ------------------------------------------------------------------
+
+
+def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None:
+    a = write(
+        tmp_path,
+        "a.yaml",
+        """
+        sources:
+          goapi:
+            provider: goapi
+            secrett: x
+        destinations:
+          billing:
+            type: webhook
+            url: https://billing.internal
+            secret: not-a-whsec
+        routes:
+          - to: [billing]
+          - to: [billing]
+          - match: ['model=~"(kling"']
+            to: [billing]
+        surces: {}
+        """,
+    )
+    b = write(tmp_path, "b.yaml", "sources:\n  piapi:\n    provider: piapi\n   secret: [\n")
+    c = write(
+        tmp_path,
+        "c.yaml",
+        """
+        sources:
+          unset: {provider: goapi, secret: "${UNSET_SECRET}"}
+          novita: {provider: novitaa, token: "bad/token"}
+          open: {provider: goapi}
+        routes:
+          - to: [oncal]
+        """,
+    )
+    d = write(
+        tmp_path,
+        "sub/d.yml",
+        f"""
+        destinations:
+          billing: {{type: webhook, url: "https://x", secret: {WHSEC}}}
+          gen-alerts: {{type: webhook, url: "https://y"}}
+        routes:
+          - to: [billing]
+            continue: maybe
+        """,
+    )
+
+    found = problems(tmp_path)
+
+    assert found == [
+        f"{a}: surces: unknown key (expected sources, destinations, routes)",
+        f"{a}: sources.goapi.secrett: unknown key",
+        f"{a}: destinations.billing.secret: "
+        "must be a Standard Webhooks secret starting with whsec_",
+        f"{a}: routes[2].match: bad regex in 'model=~\"(kling\"': "
+        "missing ), unterminated subpattern at position 0",
+        f"{b}: line 4, column 4: invalid YAML: "
+        "expected <block end>, but found '<block mapping start>'",
+        f"{c}: sources.unset.secret: environment variable UNSET_SECRET is not set "
+        "(set it, or write ${UNSET_SECRET:-default} to give a default)",
+        f"{c}: sources.novita.provider: unknown provider 'novitaa' (known: goapi, novita, piapi)",
+        f"{c}: sources.novita.token: must use only letters, digits, '_', '.' and '-' "
+        "(it is part of the URL path)",
+        f"{c}: sources.open: needs a secret or a token: without either anyone could post events",
+        f"{d}: destinations.billing: already defined in {a}",
+        f"{d}: routes[0].continue: Input should be a valid boolean, unable to interpret input",
+        f"{c}: routes[0].to: unknown destination 'oncal' (known: billing, gen-alerts)",
+    ]
+    assert str(ConfigError(found)) == "\n".join(found)
+
+
+def test_duplicate_names_across_files(tmp_path: Path) -> None:
+    first = write(tmp_path, "first.yaml", SOURCE + DESTINATION)
+    second = write(tmp_path, "nested/second.yaml", SOURCE + DESTINATION)
+    assert problems(tmp_path) == [
+        f"{second}: sources.goapi: already defined in {first}",
+        f"{second}: destinations.billing: already defined in {first}",
+    ]
+
+
+def test_duplicate_key_in_one_file_names_the_line(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        "r.yaml",
+        "sources:\n  goapi: {provider: goapi, secret: a}\n  goapi: {provider: goapi, secret: b}\n",
+    )
+    assert problems(tmp_path) == [f"{file}: line 3, column 3: invalid YAML: duplicate key 'goapi'"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("extra: 1\n", "extra: unknown key (expected sources, destinations, routes)"),
+        ("sources:\n  goapi: {provider: goapi, secret: s, x: 1}\n", "sources.goapi.x: unknown key"),
+        (
+            f"destinations:\n  d: {{type: webhook, url: 'http://x', secret: {WHSEC}, y: 1}}\n",
+            "destinations.d.y: unknown key",
+        ),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', retry: {schedule: [], z: 1}}\n",
+            "destinations.d.retry.z: unknown key",
+        ),
+        ("routes:\n  - {to: [], contine: true}\n", "routes[0].contine: unknown key"),
+    ],
+)
+def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) -> None:
+    file = write(tmp_path, "r.yaml", text)
+    assert problems(tmp_path) == [f"{file}: {expected}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- a\n- b\n", "must be a mapping with sources, destinations and routes"),
+        ("sources: [goapi]\n", "sources: must be a mapping of names to definitions"),
+        ("routes: {a: 1}\n", "routes: must be a list of routes"),
+        ("routes: [to-billing]\n", "routes[0]: must be a mapping of keys to values"),
+        ("sources:\n  goapi:\n", "sources.goapi: must be a mapping of keys to values"),
+        ("sources:\n  1: {provider: goapi, secret: s}\n", "sources.1: name must be a string"),
+        ("destinations:\n  d: {type: slack}\n", "destinations.d: unknown type 'slack' (known:"),
+        ("destinations:\n  d: {url: 'http://x'}\n", "destinations.d: missing required key 'type'"),
+        ("destinations:\n  d: {type: webhook}\n", "destinations.d.url: missing required key"),
+        (
+            "destinations:\n  d: {type: webhook, url: 'ftp://x'}\n",
+            "destinations.d.url: must be an http:// or https:// URL",
+        ),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', timeout: soon}\n",
+            "destinations.d.timeout: bad duration 'soon'",
+        ),
+        ("routes:\n  - match: ['status=failed']\n", "routes[0].to: missing required key"),
+        ("routes:\n  - {to: [], match: ['nope=x']}\n", "routes[0].match: unknown label 'nope'"),
+        (
+            "sources:\n  'go/api': {provider: goapi, secret: s}\n",
+            "sources.go/api: name must use only letters, digits",
+        ),
+        (
+            "sources:\n  n: {provider: novita, token: callback}\n",
+            "sources.n.token: must not be 'callback'",
+        ),
+        ("sources:\n  g: {provider: goapi, secret: ''}\n", "sources.g.secret: is empty"),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, allow_ips: [10.0.0.0/8, nope]}\n",
+            "sources.g.allow_ips[1]: 'nope' is not an IP address or CIDR",
+        ),
+        ("sources: [\n", "line 2, column 1: invalid YAML:"),
+    ],
+)
+def test_single_problems(tmp_path: Path, text: str, expected: str) -> None:
+    file = write(tmp_path, "r.yaml", text)
+    [problem] = problems(tmp_path)
+    assert problem.startswith(f"{file}: {expected}")
+
+
+def test_route_index_counts_within_its_own_file(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", DESTINATION + "routes:\n  - to: [billing]\n  - to: [billing]\n")
+    b = write(tmp_path, "b.yaml", "routes:\n  - to: [billing]\n  - to: [gone]\n")
+    assert problems(tmp_path) == [f"{b}: routes[1].to: unknown destination 'gone' (known: billing)"]
+
+
+def test_unknown_destination_when_none_exist(tmp_path: Path) -> None:
+    file = write(tmp_path, "r.yaml", "routes:\n  - to: oncall\n")
+    assert problems(tmp_path) == [
+        f"{file}: routes[0].to: unknown destination 'oncall' (known: none defined)"
+    ]
+
+
+def test_invalid_destination_is_not_also_reported_as_unknown(tmp_path: Path) -> None:
+    file = write(tmp_path, "r.yaml", "destinations:\n  d: {type: webhook}\nroutes:\n  - to: [d]\n")
+    assert problems(tmp_path) == [f"{file}: destinations.d.url: missing required key"]
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+def test_secret_values_never_appear_in_messages(tmp_path: Path) -> None:
+    leak = "Sup3r-Secr3t-Value"
+    write(
+        tmp_path,
+        "a.yaml",
+        """
+        sources:
+          goapi: {provider: goapi, secret: "${LEAK}", bogus: "${LEAK}", allow_ips: "${LEAK}"}
+          novita: {provider: novita, token: "${LEAK_PATH}"}
+          piapi: {provider: piapi, secret: {value: "${LEAK}"}}
+        destinations:
+          d:
+            type: webhook
+            url: "${LEAK}"
+            secret: "${LEAK}"
+            body: "${LEAK}"
+            headers: {Authorization: ["${LEAK}"]}
+            retry: {schedule: [], jitter: "${LEAK}"}
+        routes:
+          - to: []
+            continue: "${LEAK}"
+        """,
+    )
+    # A syntax error on a line that holds a secret must not quote the line.
+    write(tmp_path, "b.yaml", f"sources:\n  x: {{secret: {leak}: oops}}\n")
+    env = {"LEAK": leak, "LEAK_PATH": f"{leak}/x"}
+    found = problems(tmp_path, env)
+    assert len(found) == 11, found
+    for problem in found:
+        assert leak not in problem, problem
+
+
+# -- the folder itself ----------------------------------------------------------------------
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope") == [f"{tmp_path / 'nope'}: no such directory"]
+
+
+def test_file_instead_of_directory(tmp_path: Path) -> None:
+    file = write(tmp_path, "rules.yaml", SOURCE)
+    assert problems(file) == [f"{file}: not a directory"]
+
+
+def test_directory_without_rules_files(tmp_path: Path) -> None:
+    write(tmp_path, "README.md", "# rules")
+    assert problems(tmp_path) == [f"{tmp_path}: no *.yaml or *.yml rules file"]
+
+
+def test_only_empty_files_give_empty_rules(tmp_path: Path) -> None:
+    write(tmp_path, "empty.yaml", "# nothing yet\n")
+    write(tmp_path, "sections.yaml", "sources:\ndestinations:\nroutes:\n")
+    rules = load(tmp_path).rules
+    assert (rules.sources, rules.destinations, rules.routes) == ({}, {}, [])
