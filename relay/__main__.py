@@ -92,8 +92,9 @@ async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) ->
 
     from relay.channels import default_channel_types
     from relay.channels.base import ChannelDeps, Delivery
+    from relay.ids import IdFactory
     from relay.providers.base import Ignored, Inbound
-    from relay.receiver import Receiver, new_id
+    from relay.receiver import Receiver
     from relay.rulebook import RuleBook
     from relay.store.memory import MemoryStore
 
@@ -140,7 +141,7 @@ async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) ->
         for target in targets:
             channel = book.routing.channels[target.destination]
             print(f"\n--- to {target.destination} (route {target.route}) ---")
-            print(channel.render(Delivery(new_id("dlv"), target.destination, 1, event)))
+            print(channel.render(Delivery(IdFactory()("dlv"), target.destination, 1, event)))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -85,6 +86,9 @@ def create_app(
                 loop.add_signal_handler(signal.SIGHUP, rulebook.reload)
             if dispatcher is not None:
                 task = asyncio.create_task(dispatcher.run_forever(stop), name="dispatcher")
+            # Everything built so far lives as long as the process: keep it out of the cyclic
+            # collector's scans, which otherwise cost a measurable share of every request.
+            gc.freeze()
             yield
         finally:
             stop.set()

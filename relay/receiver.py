@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 from relay.bodies import parse_json
 from relay.errors import PayloadError, UnknownSourceError, VerificationError
 from relay.events import TaskEvent
+from relay.ids import IdFactory
 from relay.providers.base import Ignored, Inbound
 from relay.routing.router import Target, route
 from relay.rulebook import RuleBook
@@ -40,10 +40,6 @@ class Request:
     client_ip: str | None
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
 class Receiver:
     """Turns one request into a stored event with its deliveries, or a RequestError."""
 
@@ -55,12 +51,14 @@ class Receiver:
         clock: Callable[[], float],
         max_depth: int = 64,
         on_stored: Callable[[], None] | None = None,
+        ids: Callable[[str], str] | None = None,
     ) -> None:
         self._rulebook = rulebook
         self._store = store
         self._clock = clock
         self._max_depth = max_depth
         self._on_stored = on_stored
+        self._ids = ids if ids is not None else IdFactory(clock)
 
     def inbound(self, request: Request) -> Inbound:
         """Find the source and check the URL token and client address."""
@@ -96,7 +94,7 @@ class Receiver:
             provider.authenticate(inbound)
         payload = parse_json(inbound.body, self._max_depth)
         try:
-            return provider.normalize(inbound, payload, new_id("evt"))
+            return provider.normalize(inbound, payload, self._ids("evt"))
         except (PayloadError, VerificationError):
             raise
         except Exception as exc:  # an adapter bug must still answer 400, not 500
@@ -112,7 +110,7 @@ class Receiver:
         if isinstance(result, Ignored):
             return result
         targets = self.targets(result)
-        deliveries = [NewDelivery(new_id("dlv"), t.destination, t.route) for t in targets]
+        deliveries = [NewDelivery(self._ids("dlv"), t.destination, t.route) for t in targets]
         stored = await self._store.ingest(result, deliveries)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()

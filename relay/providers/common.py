@@ -160,9 +160,79 @@ def redact(payload: Any) -> Any:
     """A deep copy of a JSON value with credential values replaced by ``"[redacted]"``.
 
     A value is replaced when its key is sensitive (see ``SENSITIVE_KEYS``) and it is a non-empty
-    string or a number; strings in a list under such a key are replaced too. Iterative, so a deeply
-    nested body cannot exhaust the stack.
+    string or a number; strings in a list under such a key are replaced too. This runs on every
+    callback, so the usual shallow bodies take a fast recursive walk; anything nested deeper than
+    ``_FAST_DEPTH`` takes the iterative one, so no body can exhaust the stack.
     """
+    try:
+        return _redact_fast(payload, False, 0)
+    except _TooDeep:
+        return _redact_iterative(payload)
+
+
+def redact_in_place(payload: Any) -> Any:
+    """Like ``redact``, but changes ``payload`` itself and returns it.
+
+    For bodies we just parsed and own: adapters call it last, once every field they need is
+    read, because a copy of the whole body on every callback was a measurable share of ingest.
+    Iterative, so any depth is safe.
+    """
+    # (container, it is a list sitting under a sensitive key)
+    stack: list[tuple[Any, bool]] = [(payload, False)]
+    while stack:
+        node, sensitive = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(item, dict):
+                    stack.append((item, False))
+                    continue
+                key_sensitive = (
+                    isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
+                )
+                if isinstance(item, list):
+                    stack.append((item, key_sensitive))
+                elif key_sensitive and _is_secret_value(item):
+                    node[key] = REDACTED
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, dict):
+                    stack.append((item, False))
+                elif isinstance(item, list):
+                    stack.append((item, sensitive))
+                elif sensitive and _is_secret_value(item):
+                    node[index] = REDACTED
+    return payload
+
+
+_FAST_DEPTH = 200
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _redact_fast(value: Any, sensitive: bool, depth: int) -> Any:
+    if isinstance(value, dict):
+        if depth > _FAST_DEPTH:
+            raise _TooDeep
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            key_sensitive = is_sensitive_key(key)
+            if key_sensitive or isinstance(item, dict | list | tuple):
+                out[key] = _redact_fast(item, key_sensitive, depth + 1)
+            else:
+                out[key] = item
+        return out
+    if isinstance(value, list | tuple):
+        if depth > _FAST_DEPTH:
+            raise _TooDeep
+        return [_redact_fast(item, sensitive, depth + 1) for item in value]
+    if sensitive and _is_secret_value(value):
+        return REDACTED
+    return value
+
+
+def _redact_iterative(payload: Any) -> Any:
     root: list[Any] = [None]
     # (source value, destination container, index or key in it, value sits under a sensitive key)
     stack: list[tuple[Any, Any, Any, bool]] = [(payload, root, 0, False)]

@@ -22,7 +22,7 @@ from relay.providers.common import (
     get_str,
     kind_from_url,
     parse_time,
-    redact,
+    redact_in_place,
     s3_expiry,
     secrets_equal,
 )
@@ -153,7 +153,8 @@ class UnifiedProvider:
                 duration_s=_duration(created_at, finished_at),
                 received_at=inbound.received_at,
                 usage=get_dict(meta, "usage"),
-                raw=redact(payload),
+                # Last: it consumes the payload, every field above is read already.
+                raw=redact_in_place(payload),
             )
         except ValidationError as exc:
             # Our own readers should only pass valid values; if one slips through, the caller

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from relay.store.base import Store
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SQLiteStore
@@ -21,10 +23,10 @@ def open_store(url: str) -> Store:
     if url == "memory://":
         return MemoryStore()
     if url.startswith(_SQLITE_PREFIX):
-        path = url[len(_SQLITE_PREFIX) :]
+        path, _, query = url[len(_SQLITE_PREFIX) :].partition("?")
         if not path or path == ":memory:":
             raise ValueError("sqlite database URL needs a file path: use sqlite:///path.db")
-        return SQLiteStore(path)
+        return SQLiteStore(path, synchronous=_sqlite_options(query).get("synchronous", "FULL"))
     if url.startswith("sqlite:"):
         raise ValueError(
             "unsupported database URL: sqlite needs three slashes; use sqlite:///path.db"
@@ -32,3 +34,12 @@ def open_store(url: str) -> Store:
     scheme, sep, _ = url.partition("://")
     named = f"scheme {scheme!r}" if sep else "without a scheme"
     raise ValueError(f"unsupported database URL {named}; use sqlite:///path.db")
+
+
+def _sqlite_options(query: str) -> dict[str, str]:
+    """``?synchronous=NORMAL`` trades power-loss durability for speed (see the README)."""
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise ValueError(f"unknown sqlite URL option(s): {', '.join(unknown)}; known: synchronous")
+    return options

@@ -171,10 +171,82 @@ def ping(conn: sqlite3.Connection) -> None:
 def write_batch(
     conn: sqlite3.Connection, batch: list[IngestItem]
 ) -> list[IngestResult | StoreUnavailableError]:
-    """Write a batch in one transaction. Any failure of the transaction fails all of it."""
+    """Write a batch in one transaction. Any failure of the transaction fails all of it.
+
+    The fast path is set-based: one look-up of the batch's dedupe keys, then one
+    executemany per table, so the statements per batch do not grow with its size (this runs
+    before every provider gets its 200). If that trips a constraint (an id clash: a bug),
+    the batch is redone item by item, so only the offending item is refused.
+    """
     conn.execute("BEGIN IMMEDIATE")
-    results = [_write_one(conn, item) for item in batch]
+    try:
+        results = _write_set(conn, batch)
+    except sqlite3.IntegrityError:
+        if conn.in_transaction:
+            conn.rollback()
+        conn.execute("BEGIN IMMEDIATE")
+        results = [_write_one(conn, item) for item in batch]
     conn.execute("COMMIT")
+    return results
+
+
+# SQLite caps bound parameters (999 before 3.32), so dedupe keys are looked up in chunks.
+_LOOKUP_CHUNK = 500
+
+
+def _write_set(
+    conn: sqlite3.Connection, batch: list[IngestItem]
+) -> list[IngestResult | StoreUnavailableError]:
+    by_source: dict[str, set[str]] = {}
+    for item in batch:
+        by_source.setdefault(item.event.source, set()).add(item.event.dedupe_key)
+    known: dict[tuple[str, str], str] = {}
+    for source, dedupe_keys in by_source.items():
+        # One source per query: (source = ? AND dedupe_key IN (...)) uses the unique index,
+        # where a row-value IN over both columns makes SQLite scan the whole table.
+        ordered = sorted(dedupe_keys)
+        for start in range(0, len(ordered), _LOOKUP_CHUNK):
+            chunk = ordered[start : start + _LOOKUP_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT dedupe_key, id FROM events WHERE source = ? AND dedupe_key IN ({marks})",
+                [source, *chunk],
+            )
+            known.update(((source, dedupe), event_id) for dedupe, event_id in rows)
+    results: list[IngestResult | StoreUnavailableError] = []
+    events: list[tuple[object, ...]] = []
+    deliveries: list[tuple[object, ...]] = []
+    for item in batch:
+        event = item.event
+        key = (event.source, event.dedupe_key)
+        existing = known.get(key)
+        if existing is not None:
+            # Stored before, or by an earlier item of this same batch.
+            results.append(IngestResult(event_id=existing, duplicate=True))
+            continue
+        known[key] = event.id
+        received = event.received_at.timestamp()
+        events.append(
+            (
+                event.id,
+                event.source,
+                event.provider,
+                event.task_id,
+                event.dedupe_key,
+                event.status,
+                received,
+                item.event_json,
+            )
+        )
+        deliveries.extend(
+            (d.id, event.id, d.destination, d.route, received, received, received, received)
+            for d in item.deliveries
+        )
+        results.append(IngestResult(event_id=event.id, duplicate=False))
+    # The write lock is held since BEGIN IMMEDIATE, so no other writer can slip a row in
+    # between the look-up and these inserts.
+    conn.executemany(_INSERT_EVENT, events)
+    conn.executemany(_INSERT_DELIVERY, deliveries)
     return results
 
 

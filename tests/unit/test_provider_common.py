@@ -334,3 +334,29 @@ def test_get_int_and_float(value: Any, as_int: int | None, as_float: float | Non
     assert get_float({"k": value}, "k") == as_float
     assert get_int("not a dict", "k") is None
     assert get_float(None, "k") is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["secret", "Token", "X-Api-Key", "name", "url", "data"]),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@given(_json)
+def test_redact_in_place_agrees_with_the_copying_redact(value: object) -> None:
+    import copy
+
+    from relay.providers.common import redact, redact_in_place
+
+    expected = redact(value)
+    mine = copy.deepcopy(value)
+    assert redact_in_place(mine) == expected
+    assert mine == expected
