@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from relay.providers import default_providers
 from relay.routing.loader import LoadedRules, load_rules
 from relay.settings import Settings
 from relay.store import open_store
-from relay.store.base import DELIVERY_STATES, DeliveryRecord
+from relay.store.base import DELIVERY_STATES, DeliveryRecord, Store
+from relay.store.sqlite import SQLiteStore
 
 
 def _load(rules_dir: Path) -> LoadedRules:
@@ -57,7 +58,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly, then re-raised the Ctrl-C
+        return 130
     return 0 if server.started else 1
 
 
@@ -140,7 +144,7 @@ async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) ->
             return 0
         for target in targets:
             channel = book.routing.channels[target.destination]
-            print(f"\n--- to {target.destination} (route {target.route}) ---")
+            print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
             print(channel.render(Delivery(IdFactory()("dlv"), target.destination, 1, event)))
     return 0
 
@@ -175,9 +179,21 @@ def _table(rows: Sequence[DeliveryRecord]) -> str:
     return "\n".join(out)
 
 
+def _existing_store(url: str) -> Store | None:
+    """The store at ``url``, or None (with a message) when that database does not exist:
+    inspecting a mistyped path must not create an empty database and report nothing."""
+    store = open_store(url)
+    if isinstance(store, SQLiteStore) and not Path(store.path).exists():
+        print(f"relay: no database at {store.path} (check --db or RELAY_DB)", file=sys.stderr)
+        return None
+    return store
+
+
 def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> int:
-        store = open_store(settings.db)
+        store = _existing_store(settings.db)
+        if store is None:
+            return 1
         await store.open()
         try:
             if args.id:
@@ -185,16 +201,22 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
                 if record is None:
                     print(f"relay deliveries: no delivery {args.id}", file=sys.stderr)
                     return 1
+                history = await store.attempts(args.id)
+                if args.json:
+                    show = {**asdict(record), "attempt_log": [asdict(a) for a in history]}
+                    print(json.dumps(show, indent=2))
+                    return 0
                 print(_table([record]))
                 print("\nattempts:")
-                for a in await store.attempts(args.id):
-                    print(f"  #{a.attempt} {_when(a.finished_at)} {a.state}: {a.detail}")
+                # Numbered in order: a replay starts the retry count again, not the history.
+                for n, a in enumerate(history, start=1):
+                    print(f"  #{n} {_when(a.finished_at)} {a.state}: {a.detail}")
                 return 0
             rows = await store.list_deliveries(args.state, args.limit)
         finally:
             await store.close()
         if args.json:
-            print(json.dumps([r.__dict__ for r in rows], indent=2))
+            print(json.dumps([asdict(r) for r in rows], indent=2))
         elif rows:
             print(_table(rows))
         else:
@@ -206,7 +228,9 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> int:
-        store = open_store(settings.db)
+        store = _existing_store(settings.db)
+        if store is None:
+            return 1
         await store.open()
         try:
             ids = list(args.ids)

@@ -13,7 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from relay.channels.base import Channel, Delivery
-from relay.errors import DeliveryError, PermanentDeliveryError, StoreUnavailableError
+from relay.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    StoreUnavailableError,
+    TransientDeliveryError,
+)
 from relay.retry import RetryPolicy
 from relay.store.base import Claim, Outcome, Store
 
@@ -99,6 +104,10 @@ class Dispatcher:
             except StoreUnavailableError as exc:
                 log.warning("dispatcher: %s", exc)
                 claims = []
+            except Exception:
+                # Never let the loop die silently: deliveries would pile up unnoticed.
+                log.exception("dispatcher: claim failed")
+                claims = []
             for claim in claims:
                 task = asyncio.create_task(self._attempt(claim))
                 self._in_flight.add(task)
@@ -140,10 +149,17 @@ class Dispatcher:
                 raise PermanentDeliveryError(
                     f"destination '{claim.destination}' is no longer in the rules"
                 )
-            await channel.send(
-                Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
-            )
+            # The lease is the promise that nobody else sends this delivery meanwhile, so no
+            # attempt may outlive it, whatever the channel's own timeout says.
+            async with asyncio.timeout(max(0.0, claim.lease_until - self._clock()) * 0.9):
+                await channel.send(
+                    Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
+                )
             outcome = Outcome("delivered")
+        except TimeoutError:
+            outcome = self._after_failure(
+                claim, TransientDeliveryError("attempt outlived its lease"), routing
+            )
         except DeliveryError as exc:
             outcome = self._after_failure(claim, exc, routing)
         except Exception as exc:  # a channel bug must not lose the delivery

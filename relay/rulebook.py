@@ -50,7 +50,7 @@ class RuleBook:
         env = os.environ if self._env is None else self._env
         loaded = load_rules(self.directory, env, self.providers.keys())
         for line in loaded.defaults_used:
-            log.warning("rules: %s", line)
+            log.warning("%s", line)
         return loaded
 
     def _build(self, rules: Rules) -> Routing:

@@ -225,29 +225,38 @@ def _write_set(
             results.append(IngestResult(event_id=existing, duplicate=True))
             continue
         known[key] = event.id
-        received = event.received_at.timestamp()
-        events.append(
-            (
-                event.id,
-                event.source,
-                event.provider,
-                event.task_id,
-                event.dedupe_key,
-                event.status,
-                received,
-                item.event_json,
-            )
-        )
-        deliveries.extend(
-            (d.id, event.id, d.destination, d.route, received, received, received, received)
-            for d in item.deliveries
-        )
+        events.append(_event_row(item))
+        deliveries.extend(_delivery_rows(item))
         results.append(IngestResult(event_id=event.id, duplicate=False))
     # The write lock is held since BEGIN IMMEDIATE, so no other writer can slip a row in
     # between the look-up and these inserts.
     conn.executemany(_INSERT_EVENT, events)
     conn.executemany(_INSERT_DELIVERY, deliveries)
     return results
+
+
+def _event_row(item: IngestItem) -> tuple[object, ...]:
+    e = item.event
+    received = e.received_at.timestamp()
+    return (
+        e.id,
+        e.source,
+        e.provider,
+        e.task_id,
+        e.dedupe_key,
+        e.status,
+        received,
+        item.event_json,
+    )
+
+
+def _delivery_rows(item: IngestItem) -> list[tuple[object, ...]]:
+    """New deliveries are due at once: next_attempt_at = due_at = the event's arrival."""
+    event_id, received = item.event.id, item.event.received_at.timestamp()
+    return [
+        (d.id, event_id, d.destination, d.route, received, received, received, received)
+        for d in item.deliveries
+    ]
 
 
 def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | StoreUnavailableError:
@@ -257,22 +266,9 @@ def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | Sto
     alone instead of failing everyone else in the batch.
     """
     event = item.event
-    received = event.received_at.timestamp()
     conn.execute("SAVEPOINT item")
     try:
-        inserted = conn.execute(
-            _INSERT_EVENT,
-            (
-                event.id,
-                event.source,
-                event.provider,
-                event.task_id,
-                event.dedupe_key,
-                event.status,
-                received,
-                item.event_json,
-            ),
-        ).rowcount
+        inserted = conn.execute(_INSERT_EVENT, _event_row(item)).rowcount
         if not inserted:
             # Duplicate of an earlier row or of an earlier item in this batch.
             (existing,) = conn.execute(
@@ -281,13 +277,7 @@ def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | Sto
             ).fetchone()
             conn.execute("RELEASE item")
             return IngestResult(event_id=existing, duplicate=True)
-        conn.executemany(
-            _INSERT_DELIVERY,
-            [
-                (d.id, event.id, d.destination, d.route, received, received, received, received)
-                for d in item.deliveries
-            ],
-        )
+        conn.executemany(_INSERT_DELIVERY, _delivery_rows(item))
         conn.execute("RELEASE item")
         return IngestResult(event_id=event.id, duplicate=False)
     except sqlite3.IntegrityError as exc:

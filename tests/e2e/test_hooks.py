@@ -227,3 +227,40 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 
 async def test_get_on_a_hook_is_405_not_500(client: httpx.AsyncClient) -> None:
     assert (await client.get("/hooks/goapi")).status_code == 405
+
+
+async def test_a_store_that_cannot_take_the_event_answers_503_and_recovers(
+    tmp_path: Path, downstream: Downstream
+) -> None:
+    from relay.store.sqlite import SQLiteStore
+
+    rules = write_rules(tmp_path / "rules", RULES)
+    db = tmp_path / "relay.db"
+    env = {
+        "GOAPI_SECRET": "s",
+        "HOOK_TOKEN": "t",
+        "DOWN_URL": downstream.url,
+        "DOWN_SECRET": SECRET,
+    }
+    store = SQLiteStore(str(db), busy_timeout=0.2)
+    server = await RelayServer(
+        Settings(rules=rules, db=f"sqlite:///{db}", dispatch=False), store=store, env=env
+    ).start()
+    try:
+        body, _ = load("goapi/image_success_flux.json")
+        # Another process holds the write lock longer than the store waits for it.
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            r = await client.post("/hooks/goapi", json=body, headers={"x-webhook-secret": "s"})
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "5"
+            assert "store unavailable" in r.json()["error"]
+            assert (await client.get("/readyz")).status_code == 503
+            locker.execute("ROLLBACK")
+            locker.close()
+            # The provider retries: now it is taken.
+            r = await client.post("/hooks/goapi", json=body, headers={"x-webhook-secret": "s"})
+            assert r.status_code == 200 and r.json()["duplicate"] is False
+    finally:
+        await server.stop()

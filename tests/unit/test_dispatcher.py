@@ -189,3 +189,19 @@ async def test_a_crashing_channel_does_not_lose_the_delivery(store: SQLiteStore)
     record = await store.get_delivery(dlv)
     assert record is not None and record.state == "dead"
     assert "internal error: RuntimeError" in record.last_error
+
+
+async def test_no_attempt_outlives_its_lease(
+    store: SQLiteStore, http: aiohttp.ClientSession, downstream: Downstream
+) -> None:
+    # The channel would wait 10 s, but the lease is 1 s: after it, another worker may take
+    # the delivery, so this attempt must give up first.
+    clock = Clock()
+    [dlv] = await ingest(store, clock)
+    downstream.delay = 3
+    await Dispatcher(
+        store, lambda: routing(http, downstream.url, clock), clock=clock, lease_seconds=1
+    ).run_once()
+    record = await store.get_delivery(dlv)
+    assert record is not None and record.state == "pending"
+    assert "outlived its lease" in record.last_error

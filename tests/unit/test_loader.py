@@ -267,8 +267,7 @@ def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None
     assert found == [
         f"{a}: surces: unknown key (expected sources, destinations, routes)",
         f"{a}: sources.goapi.secrett: unknown key",
-        f"{a}: destinations.billing.secret: "
-        "must be a Standard Webhooks secret starting with whsec_",
+        f"{a}: destinations.billing.secret: webhook secret must start with whsec_",
         f"{a}: routes[2].match: bad regex in 'model=~\"(kling\"': "
         "missing ), unterminated subpattern at position 0",
         f"{b}: line 4, column 4: invalid YAML: "

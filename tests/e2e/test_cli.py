@@ -1,0 +1,526 @@
+"""The command line run for real: ``python -m relay ...`` as a subprocess in a tmp folder.
+
+Every run has a timeout. The tests assert on exit codes and on the text a user reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.downstream import Downstream
+from tests.fixtures_util import FIXTURES, load
+
+REPO = Path(__file__).resolve().parents[2]
+GOAPI_SECRET = "s3cr3t-relay-goapi"  # what the GoAPI fixtures send (and carry in their body)
+DOWN_SECRET = "whsec_" + base64.b64encode(b"cli-downstream-secret-01").decode()
+RUN_TIMEOUT = 30.0
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """An almost empty environment: no RELAY_* and no rule variables unless given."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def relay(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=cwd,
+        env=env if env is not None else base_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def arelay(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``relay`` without blocking the event loop (a test server may be running in it)."""
+    return await asyncio.to_thread(relay, cwd, *args, env=env)
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- relay check ----------------------------------------------------------------------------
+
+
+def test_check_on_the_shipped_rules_uses_the_defaults_and_says_so(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    r = relay(tmp_path, "check", "--rules", "rules")
+    assert r.code == 0, r.err
+    first = r.out.splitlines()[0]
+    assert first.startswith("rules OK: 2 source(s), 1 destination(s), 2 route(s)"), r.out
+    assert "rules/example.yaml" in first
+    for variable in (
+        "GOAPI_WEBHOOK_SECRET",
+        "PIAPI_WEBHOOK_SECRET",
+        "DOWNSTREAM_URL",
+        "DOWNSTREAM_WHSEC",
+    ):
+        assert f"uses the default of ${{{variable}}}" in r.out
+    # The notes name the variable, never the default's value (some are development secrets).
+    assert "s3cr3t-relay-goapi" not in r.text
+    assert "whsec_" not in r.text
+
+
+def test_check_with_the_variables_set_has_no_notes(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    env = base_env(
+        GOAPI_WEBHOOK_SECRET="prod-goapi",
+        PIAPI_WEBHOOK_SECRET="prod-piapi",
+        DOWNSTREAM_URL="https://down.example.com/relay",
+        DOWNSTREAM_WHSEC=DOWN_SECRET,
+    )
+    r = relay(tmp_path, "check", "--rules", "rules", env=env)
+    assert r.code == 0, r.err
+    assert r.out.startswith("rules OK:")
+    assert "note:" not in r.out
+
+
+LEAKY_SECRET = "not-a-whsec-Sup3rS3cretValue"  # a real secret pasted into the wrong place
+PI_SECRET = "pi-literal-S3cretInTheFile"
+
+BROKEN = {
+    "a.yaml": f"""
+sources:
+  goapi:
+    provider: goapi
+    secret: ${{UNSET_GOAPI_SECRET}}
+  piapi:
+    provider: piapi
+    secret: {PI_SECRET}
+    colour: blue
+destinations:
+  down:
+    type: webhook
+    url: http://127.0.0.1:9/hook
+    secret: {LEAKY_SECRET}
+""",
+    "b.yaml": """
+routes:
+  - match: ['model=~"(flux"']
+    to: [down]
+  - to: [down, nowhere]
+""",
+}
+
+
+def test_check_lists_every_problem_with_file_and_key_and_no_secret(tmp_path: Path) -> None:
+    write(tmp_path / "rules", BROKEN)
+    r = relay(tmp_path, "check", "--rules", "rules")
+    assert r.code == 1, r.text
+    assert r.out == ""
+    lines = r.err.splitlines()
+    assert lines[0] == "rules: 5 problem(s):", r.err
+    expected = [
+        ("rules/a.yaml: sources.goapi.secret:", "UNSET_GOAPI_SECRET is not set"),
+        ("rules/a.yaml: sources.piapi.colour:", "unknown key"),
+        ("rules/a.yaml: destinations.down.secret:", "must start with whsec_"),
+        ("rules/b.yaml: routes[0].match:", "bad regex"),
+        ("rules/b.yaml: routes[1].to:", "unknown destination 'nowhere' (known: down)"),
+    ]
+    for where, what in expected:
+        matching = [line for line in lines if line.strip().startswith(where)]
+        assert len(matching) == 1, (where, r.err)
+        assert what in matching[0], (what, matching[0])
+    assert LEAKY_SECRET not in r.text
+    assert PI_SECRET not in r.text
+
+
+def test_check_on_a_missing_folder(tmp_path: Path) -> None:
+    r = relay(tmp_path, "check", "--rules", "nope")
+    assert r.code == 1
+    assert "nope: no such directory" in r.err
+
+
+# --- relay test -----------------------------------------------------------------------------
+
+DRY_RULES = """
+sources:
+  goapi:
+    provider: goapi
+    secret: ${GOAPI_SECRET}
+destinations:
+  down:
+    type: webhook
+    url: https://down.example.com/hooks/tasks
+    secret: ${DOWN_SECRET}
+routes:
+  - match: ['status="succeeded"', 'final="true"']
+    to: [down]
+"""
+FLUX = FIXTURES / "goapi" / "image_success_flux.json"
+FLUX_IMAGE = "https://img.theapi.app/temp/10f0a646-6155-4938-bf50-76934c953e9c.png"
+
+
+@pytest.fixture
+def dry(tmp_path: Path) -> Path:
+    write(tmp_path / "rules", {"rules.yaml": DRY_RULES})
+    return tmp_path
+
+
+def dry_env() -> dict[str, str]:
+    return base_env(GOAPI_SECRET=GOAPI_SECRET, DOWN_SECRET=DOWN_SECRET)
+
+
+def test_dry_run_prints_the_event_the_destination_and_the_signed_envelope(dry: Path) -> None:
+    fixture = json.loads(FLUX.read_text())
+    assert fixture["timestamp"] < time.time() - 3600  # far outside any replay window
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", str(FLUX), env=dry_env())
+    assert r.code == 0, r.err
+
+    assert r.out.startswith("event:\n")
+    # The event, then one section per destination: "--- to <name> (route ...) ---".
+    event_text, *sections = re.split(r"\n\n--- to (\S+) \(route [^)]*\) ---\n", r.out[7:])
+    assert sections[::2] == ["down"], r.out
+    rest = sections[1]
+    event = json.loads(event_text)
+    assert event["status"] == "succeeded" and event["final"] is True
+    assert event["source"] == "goapi" and event["task_id"] == fixture["data"]["task_id"]
+    assert event["outputs"][0]["kind"] == "image"
+    assert event["outputs"][0]["url"] == FLUX_IMAGE
+
+    request_line, _, body_text = rest.partition("\n")
+    assert request_line == "POST https://down.example.com/hooks/tasks"
+    envelope = json.loads(body_text)
+    assert envelope["type"] == "task.succeeded"
+    assert envelope["timestamp"].endswith("Z")
+    assert envelope["data"]["outputs"][0]["url"] == FLUX_IMAGE
+    assert envelope["data"]["raw"]["data"]["config"]["webhook_config"]["secret"] == "[redacted]"
+
+    assert GOAPI_SECRET not in r.text
+    assert DOWN_SECRET not in r.text
+
+
+def test_dry_run_when_no_route_matches(dry: Path) -> None:
+    progress = FIXTURES / "goapi" / "midjourney_processing_progress.json"
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", str(progress), env=dry_env())
+    assert r.code == 0, r.err
+    assert "no route matches: the event would be stored and sent nowhere" in r.out
+    assert "--- to" not in r.out
+
+
+def test_dry_run_of_an_unknown_source_lists_the_known_ones(dry: Path) -> None:
+    r = relay(dry, "test", "--rules", "rules", "--source", "kling", str(FLUX), env=dry_env())
+    assert r.code == 2
+    assert "unknown source 'kling' (known: goapi)" in r.err
+    assert r.out == ""
+
+
+def test_dry_run_of_a_body_that_is_not_json_says_what_would_be_answered(dry: Path) -> None:
+    (dry / "bad.json").write_text("{not json")
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", "bad.json", env=dry_env())
+    assert r.code == 1
+    assert "would answer 400" in r.err
+    assert "invalid JSON" in r.err
+    assert r.out == ""
+
+
+def test_dry_run_of_a_missing_file(dry: Path) -> None:
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", "missing.json", env=dry_env())
+    assert r.code == 2
+    assert "cannot read missing.json" in r.err
+
+
+def test_dry_run_with_broken_rules_lists_the_problems(dry: Path) -> None:
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", str(FLUX), env=base_env())
+    assert r.code == 2
+    assert "rules/rules.yaml: sources.goapi.secret" in r.err
+    assert "GOAPI_SECRET is not set" in r.err
+
+
+# --- relay serve, deliveries, replay --------------------------------------------------------
+
+SERVE_RULES = """
+sources:
+  goapi:
+    provider: goapi
+    secret: ${GOAPI_SECRET}
+destinations:
+  down:
+    type: webhook
+    url: ${DOWN_URL}
+    secret: ${DOWN_SECRET}
+    timeout: 2s
+    retry: {schedule: [100ms], jitter: 0}
+routes:
+  - match: ['final="true"']
+    to: [down]
+"""
+HEADER = ["ID", "STATE", "DESTINATION", "SOURCE", "TASK", "STATUS", "TRIES", "NEXT", "ERROR"]
+
+
+class Serve:
+    """``relay serve`` as a subprocess; its output goes to a log file for failure messages."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], name: str) -> None:
+        self.cwd, self.env = cwd, env
+        self.port = free_port()
+        self.log = cwd / f"{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    async def start(self) -> Serve:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                "--rules",
+                "rules",
+                "--port",
+                str(self.port),
+                cwd=self.cwd,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            await self._ready(self.proc, within=15)
+        except BaseException:
+            await self.stop()  # never leave a server behind
+            raise
+        return self
+
+    async def _ready(self, proc: asyncio.subprocess.Process, within: float) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as client:
+            while True:
+                if proc.returncode is not None:
+                    raise AssertionError(f"relay serve exited early:\n{self.output()}")
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"relay serve did not become ready:\n{self.output()}")
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then wait (bounded); kill if it hangs. Returns the exit code."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise AssertionError(f"relay serve ignored SIGTERM:\n{self.output()}") from None
+        return proc.returncode
+
+
+def delivery_states(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT id, state FROM deliveries").fetchall())
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    finally:
+        conn.close()
+
+
+async def wait_for_state(db: Path, state: str, server: Serve, within: float = 15.0) -> str:
+    """The id of the one delivery once it reaches ``state`` (bounded)."""
+    deadline = time.monotonic() + within
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = delivery_states(db)
+        if len(states) == 1 and state in states.values():
+            return next(iter(states))
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no delivery became {state}: {states}\n{server.output()}")
+
+
+@pytest.fixture
+def serve_dir(tmp_path: Path) -> Path:
+    return write(tmp_path / "rules", {"rules.yaml": SERVE_RULES}).parent
+
+
+async def test_dead_delivery_listed_inspected_replayed_and_then_delivered(serve_dir: Path) -> None:
+    cwd = serve_dir
+    db = cwd / "relay.db"  # the default --db sqlite:///relay.db, relative to the cwd
+    down_port = free_port()  # nothing listens here until the replay part
+    env = base_env(
+        GOAPI_SECRET=GOAPI_SECRET,
+        DOWN_URL=f"http://127.0.0.1:{down_port}/hook",
+        DOWN_SECRET=DOWN_SECRET,
+        RELAY_LOG_LEVEL="warning",
+    )
+
+    # 1. A real relay takes a callback it cannot deliver: 2 attempts, then dead.
+    server = await Serve(cwd, env, "serve1").start()
+    try:
+        body, headers = load("goapi/image_success_flux.json")  # timestamp set to now
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
+            answer = await client.post("/hooks/goapi", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["deliveries"] == 1
+        delivery_id = await wait_for_state(db, "dead", server)
+    finally:
+        code = await server.stop()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status shows it.
+    assert code in (0, -signal.SIGTERM), server.output()
+    # The store was closed (the last connection's close checkpoints and removes the WAL).
+    assert not (cwd / "relay.db-wal").exists()
+    assert "Traceback" not in server.output()
+
+    # 2. Inspect it.
+    table = await arelay(cwd, "deliveries", env=env)
+    assert table.code == 0, table.err
+    header, *rows = table.out.splitlines()
+    assert header.split() == HEADER
+    assert len(rows) == 1
+    assert rows[0].split()[:3] == [delivery_id, "dead", "down"]
+    assert "connection failed" in rows[0]
+
+    as_json = await arelay(cwd, "deliveries", "--state", "dead", "--json", env=env)
+    assert as_json.code == 0, as_json.err
+    listed = json.loads(as_json.out)
+    assert [d["id"] for d in listed] == [delivery_id]
+    assert listed[0]["state"] == "dead" and listed[0]["attempts"] == 2
+    assert "gave up after 2 attempts" in listed[0]["last_error"]
+
+    none_pending = await arelay(cwd, "deliveries", "--state", "pending", env=env)
+    assert none_pending.code == 0
+    assert none_pending.out.strip() == "no deliveries in state pending"
+
+    one = await arelay(cwd, "deliveries", delivery_id, env=env)
+    assert one.code == 0, one.err
+    assert delivery_id in one.out
+    attempts = [line.strip() for line in one.out.split("\nattempts:\n", 1)[1].splitlines()]
+    assert len(attempts) == 2, one.out
+    assert attempts[0].startswith("#1 ") and " pending: connection failed" in attempts[0]
+    assert attempts[1].startswith("#2 ") and " dead: connection failed" in attempts[1]
+
+    unknown = await arelay(cwd, "deliveries", "dlv_nope", env=env)
+    assert unknown.code == 1
+    assert "no delivery dlv_nope" in unknown.err
+
+    # 3. Replay it: once works, twice does not, and nothing to replay is a usage error.
+    replay = await arelay(cwd, "replay", delivery_id, env=env)
+    assert replay.code == 0, replay.err
+    assert replay.out.strip() == f"{delivery_id}: pending again, due now"
+    again = await arelay(cwd, "replay", delivery_id, env=env)
+    assert again.code == 1
+    assert f"{delivery_id}: not replayed (unknown or not dead)" in again.err
+    nothing = await arelay(cwd, "replay", env=env)
+    assert nothing.code == 2
+    assert "name delivery ids or use --all-dead" in nothing.err
+    pending = json.loads((await arelay(cwd, "deliveries", "--json", env=env)).out)
+    assert [(d["id"], d["state"]) for d in pending] == [(delivery_id, "pending")]
+
+    # 4. With the downstream up, a new relay on the same database delivers the replayed one.
+    downstream = await Downstream().start(port=down_port)
+    server = await Serve(cwd, env, "serve2").start()
+    try:
+        await downstream.wait_for(1, within=15)
+        got = downstream.received[0]
+        got_headers = {k.lower(): v for k, v in got.headers.items()}
+        assert got_headers["webhook-id"] == delivery_id
+        payload = Webhook(DOWN_SECRET).verify(got.body, got_headers)
+        assert payload["type"] == "task.succeeded"
+        assert payload["data"]["outputs"][0]["url"] == FLUX_IMAGE
+        await wait_for_state(db, "delivered", server)
+        delivered = await arelay(cwd, "deliveries", "--state", "delivered", env=env)
+    finally:
+        code = await server.stop()
+        await downstream.stop()
+    assert code in (0, -signal.SIGTERM), server.output()
+    assert "Traceback" not in server.output()
+    assert delivered.code == 0, delivered.err
+    header, *rows = delivered.out.splitlines()
+    assert header.split() == HEADER
+    assert len(rows) == 1 and rows[0].split()[:3] == [delivery_id, "delivered", "down"]
+    assert len(downstream.received) == 1
+
+
+# --- relay serve refusing to start ----------------------------------------------------------
+
+
+def test_serve_with_broken_rules_exits_2_with_the_problems(tmp_path: Path) -> None:
+    write(tmp_path / "rules", BROKEN)
+    started = time.monotonic()
+    r = relay(tmp_path, "serve", "--rules", "rules", "--port", str(free_port()))
+    assert time.monotonic() - started < 15
+    assert r.code == 2, r.text
+    assert "rules: 5 problem(s):" in r.err
+    assert "rules/b.yaml: routes[1].to: unknown destination 'nowhere'" in r.err
+    assert LEAKY_SECRET not in r.text
+    assert not (tmp_path / "relay.db").exists()
+
+
+def test_serve_with_an_unsupported_database_url_exits_2(tmp_path: Path) -> None:
+    write(tmp_path / "rules", {"rules.yaml": DRY_RULES})
+    env = dry_env()
+    url = "postgres://relay:hunter2-db-password@db.internal:5432/relay"
+    r = relay(tmp_path, "serve", "--rules", "rules", "--db", url, "--port", "0", env=env)
+    assert r.code == 2, r.text
+    assert "unsupported database URL scheme 'postgres'" in r.err
+    assert "sqlite:///path.db" in r.err
+    assert "hunter2-db-password" not in r.text
+
+
+@pytest.mark.parametrize("command", [["deliveries"], ["replay", "dlv_x"]])
+def test_inspecting_a_database_that_does_not_exist_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = relay(tmp_path, *command, "--db", "sqlite:///typo/relay.db")
+    assert result.code == 1
+    assert "no database at typo/relay.db" in result.err
+    assert not (tmp_path / "typo").exists()
