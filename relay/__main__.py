@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=args.access_log,
+        # uvicorn's lines go through our logging set-up: one format in the log.
+        log_config=None,
         # Providers must never wait long: keep the server's own limits tight.
         timeout_keep_alive=30,
     )
@@ -306,6 +308,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rename_uvicorn(record: logging.LogRecord) -> bool:
+    # uvicorn logs its ordinary start and stop lines as "uvicorn.error", which reads as a fault.
+    if record.name == "uvicorn.error":
+        record.name = "uvicorn"
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings.from_env()
@@ -319,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_rename_uvicorn)
     code: int = args.func(args, settings)
     return code
 

@@ -194,10 +194,11 @@ class Dispatcher:
         elif outcome.state == "pending":
             self.stats.retried += 1
             log.info(
-                "delivery %s to %s failed (attempt %d), retrying: %s",
+                "delivery %s to %s failed (attempt %d), next attempt in %.0f s: %s",
                 claim.delivery_id,
                 claim.destination,
                 claim.attempt,
+                (outcome.next_attempt_at or 0.0) - self._clock(),
                 outcome.detail,
             )
         else:

@@ -77,6 +77,11 @@ class WebhookChannel:
             raise TransientDeliveryError(f"timed out after {self._config.timeout:g} s") from None
         except aiohttp.InvalidURL as exc:
             raise PermanentDeliveryError(f"invalid URL: {exc}") from None
+        except aiohttp.ClientConnectorError as exc:
+            why = exc.os_error.strerror or str(exc.os_error)
+            raise TransientDeliveryError(
+                f"connection failed: {exc.host}:{exc.port}: {why.lower()}"
+            ) from None
         except aiohttp.ClientConnectionError as exc:
             raise TransientDeliveryError(f"connection failed: {exc}") from None
         except aiohttp.ClientError as exc:
