@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,13 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    warm: int = 0
+    cpu_seconds: float = 0.0  # the server process's, all threads, warm-up included
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU per request: steadier than throughput on a machine shared with others."""
+        return self.cpu_seconds / max(1, self.ok + self.warm) * 1e6
 
     @property
     def rate(self) -> float:
@@ -62,7 +70,7 @@ class Result:
     def row(self) -> str:
         return (
             f"| {self.name} | {self.rate:,.0f} | {self.pct(0.5):.1f} | {self.pct(0.99):.1f} "
-            f"| {self.errors} |"
+            f"| {self.errors} | {self.cpu_us:,.0f} |"
         )
 
 
@@ -88,13 +96,15 @@ async def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-async def load(name: str, url: str, requests: int, concurrency: int, seconds: float) -> Result:
+async def load(
+    name: str, url: str, requests: int, concurrency: int, seconds: float, tag: str = ""
+) -> Result:
     template = json.loads(FIXTURE.read_text())
     headers = {"content-type": "application/json", "x-webhook-secret": SECRET}
     bodies = []
     for i in range(requests):
         body = {**template, "timestamp": int(time.time()), "data": {**template["data"]}}
-        body["data"]["task_id"] = f"bench-{i:07d}-{os.getpid()}"
+        body["data"]["task_id"] = f"bench-{tag}-{i:07d}-{os.getpid()}"
         bodies.append(json.dumps(body).encode())
     latencies: list[float] = []
     errors = 0
@@ -126,60 +136,89 @@ async def load(name: str, url: str, requests: int, concurrency: int, seconds: fl
         start = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return Result(name, len(latencies), errors, elapsed, latencies)
+    return Result(name, len(latencies), errors, elapsed, latencies, warm=len(warm))
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def command(db: str | None, port: int, rules: Path) -> tuple[list[str], dict[str, str]]:
+    if db is None:
+        return [sys.executable, str(HERE / "bare_app.py"), str(port)], dict(os.environ)
+    cmd = [sys.executable, "-m", "relay", "serve", "--rules", str(rules), "--db", db]
+    env = {**os.environ, "RELAY_DISPATCH": "0", "RELAY_LOG_LEVEL": "warning"}
+    return [*cmd, "--port", str(port)], env
+
+
+async def measure(
+    name: str, db: str | None, rules: Path, args: argparse.Namespace, tag: str
+) -> Result:
+    port = free_port()
+    cmd, env = command(db, port, rules)
+    # Started once per measurement, before any load: blocking here costs nothing measured.
+    proc = subprocess.Popen(cmd, env=env)  # noqa: ASYNC220
+    try:
+        url = f"http://127.0.0.1:{port}/hooks/goapi"
+        await wait_up(url, proc)
+        before = process_cpu(proc.pid)
+        result = await load(name, url, args.requests, args.concurrency, args.seconds, tag)
+        result.cpu_seconds = process_cpu(proc.pid) - before
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--requests", type=int, default=4000, help="per server and round")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--seconds", type=float, default=15.0, help="cap per server and round")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules"
         rules.mkdir()
         (rules / "bench.yaml").write_text(RULES)
-        results = []
         servers = {
             "bare": None,
             "relay": f"sqlite:///{tmp}/full.db",
             "relay, synchronous=NORMAL": f"sqlite:///{tmp}/normal.db?synchronous=NORMAL",
         }
-        for name, db in servers.items():
-            port = free_port()
-            if db is None:
-                cmd = [sys.executable, str(HERE / "bare_app.py"), str(port)]
-                env = dict(os.environ)
-            else:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "relay",
-                    "serve",
-                    "--rules",
-                    str(rules),
-                    "--db",
-                    db,
-                    "--port",
-                    str(port),
-                ]
-                env = {**os.environ, "RELAY_DISPATCH": "0", "RELAY_LOG_LEVEL": "warning"}
-            # Started once per server, before any load: blocking here costs nothing measured.
-            proc = subprocess.Popen(cmd, env=env)  # noqa: ASYNC220
-            try:
-                await wait_up(f"http://127.0.0.1:{port}/hooks/goapi", proc)
-                url = f"http://127.0.0.1:{port}/hooks/goapi"
-                results.append(await load(name, url, args.requests, args.concurrency, args.seconds))
-            finally:
-                proc.terminate()
-                proc.wait(10)
-        bare = results[0]
-        print(f"\n{args.concurrency} requests in flight, up to {args.requests} requests each\n")
-        print("| server | accepted/s | p50 ms | p99 ms | errors | vs bare |")
-        print("|---|---|---|---|---|---|")
-        for r in results:
-            print(f"{r.row()} {r.rate / bare.rate:.2f}x |")
+        # Servers take turns, round after round, so drift in a shared machine's load hits
+        # every one alike; the table reports each one's median round.
+        rounds: dict[str, list[Result]] = {name: [] for name in servers}
+        for n in range(args.rounds):
+            for name, db in servers.items():
+                rounds[name].append(await measure(name, db, rules, args, f"r{n}"))
+        print(
+            f"\n{args.concurrency} requests in flight, {args.rounds} rounds of up to "
+            f"{args.requests} requests per server; median round\n"
+        )
+        print(
+            "| server | accepted/s | p50 ms | p99 ms | errors | server CPU µs/request "
+            "| throughput vs bare | CPU vs bare | per-round throughput vs bare |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+
+        def median(results: list[Result]) -> Result:
+            return sorted(results, key=lambda r: r.rate)[len(results) // 2]
+
+        bare = median(rounds["bare"])
+        bare_cpu = statistics.median(r.cpu_us for r in rounds["bare"])
+        for results in rounds.values():
+            mid = median(results)
+            cpu = statistics.median(r.cpu_us for r in results)
+            per_round = ", ".join(
+                f"{r.rate / b.rate:.2f}" for r, b in zip(results, rounds["bare"], strict=True)
+            )
+            print(
+                f"{mid.row()} {mid.rate / bare.rate:.2f}x | {bare_cpu / cpu:.2f}x | {per_round} |"
+            )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ def _print_problems(exc: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+async def _check_store(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    await store.close()
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -41,11 +47,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         _load(settings.rules)
-        open_store(settings.db)
+        # Open (and migrate) once before serving, so a bad path or a locked database is one
+        # clear line here rather than a traceback from the server's startup.
+        asyncio.run(_check_store(settings.db))
     except ConfigError as exc:
         _print_problems(exc)
         return 2
-    except ValueError as exc:
+    except (ValueError, StoreUnavailableError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import UTC
 
 import aiohttp
@@ -78,11 +80,17 @@ class WebhookChannel:
         except aiohttp.InvalidURL as exc:
             raise PermanentDeliveryError(f"invalid URL: {exc}") from None
         except aiohttp.ClientConnectorError as exc:
-            why = exc.os_error.strerror or str(exc.os_error)
             raise TransientDeliveryError(
-                f"connection failed: {exc.host}:{exc.port}: {why.lower()}"
+                f"connection failed: {exc.host}:{exc.port}: {_os_reason(exc.os_error)}"
             ) from None
         except aiohttp.ClientConnectionError as exc:
             raise TransientDeliveryError(f"connection failed: {exc}") from None
         except aiohttp.ClientError as exc:
             raise TransientDeliveryError(f"HTTP error: {exc}") from None
+
+
+def _os_reason(error: OSError) -> str:
+    """A short reason: "connection refused", not "Connect call failed ('127.0.0.1', 9)"."""
+    if not isinstance(error, socket.gaierror) and error.errno and error.errno > 0:
+        return os.strerror(error.errno).lower()
+    return (error.strerror or str(error)).lower()

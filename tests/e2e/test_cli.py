@@ -524,3 +524,13 @@ def test_inspecting_a_database_that_does_not_exist_creates_nothing(
     assert result.code == 1
     assert "no database at typo/relay.db" in result.err
     assert not (tmp_path / "typo").exists()
+
+
+def test_serve_with_a_database_it_cannot_open_exits_2_with_one_line(tmp_path: Path) -> None:
+    write(tmp_path / "rules", {"rules.yaml": DRY_RULES})
+    (tmp_path / "not-a-dir").write_text("a file where a folder should be")
+    url = "sqlite:///not-a-dir/relay.db"
+    r = relay(tmp_path, "serve", "--rules", "rules", "--db", url, "--port", "0", env=dry_env())
+    assert r.code == 2, r.text
+    assert r.err.startswith("relay: store: open:"), r.err
+    assert "Traceback" not in r.text
