@@ -534,3 +534,41 @@ def test_serve_with_a_database_it_cannot_open_exits_2_with_one_line(tmp_path: Pa
     assert r.code == 2, r.text
     assert r.err.startswith("relay: store: open:"), r.err
     assert "Traceback" not in r.text
+
+
+async def test_sighup_reloads_the_rules_and_keeps_the_last_good_ones(tmp_path: Path) -> None:
+    env = base_env(
+        GOAPI_SECRET=GOAPI_SECRET, DOWN_URL="http://127.0.0.1:9/", DOWN_SECRET=DOWN_SECRET
+    )
+    rules = write(tmp_path / "rules", {"rules.yaml": SERVE_RULES})
+    server = await Serve(tmp_path, env, "hup").start()
+    try:
+        assert server.proc is not None
+        async with httpx.AsyncClient(base_url=server.url) as client:
+
+            async def destinations(expected: list[str]) -> list[str]:
+                seen: list[str] = []
+                for _ in range(100):  # bounded: about 5 s
+                    seen = (await client.get("/readyz")).json()["destinations"]
+                    if seen == expected:
+                        break
+                    await asyncio.sleep(0.05)
+                return seen
+
+            assert await destinations(["down"]) == ["down"]
+            extra = "  archive:\n    type: webhook\n    url: http://127.0.0.1:9/archive\n"
+            text = SERVE_RULES.replace("destinations:\n", "destinations:\n" + extra)
+            (rules / "rules.yaml").write_text(text)
+            server.proc.send_signal(signal.SIGHUP)
+            assert await destinations(["archive", "down"]) == ["archive", "down"]
+
+            (rules / "rules.yaml").write_text(text + "  - to: [nowhere]\n")
+            server.proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                if "keeping the last good rules" in server.output():
+                    break
+                await asyncio.sleep(0.05)
+            assert "routes[1].to: unknown destination 'nowhere'" in server.output()
+            assert (await client.get("/readyz")).json()["destinations"] == ["archive", "down"]
+    finally:
+        await server.stop()
