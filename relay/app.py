@@ -9,17 +9,20 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import cast
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from relay.app_state import AppState
 from relay.channels import ChannelFactory, default_channel_types
 from relay.channels.base import ChannelDeps
 from relay.dispatcher import Dispatcher
 from relay.endpoints import routes
+from relay.hooks import HookRouter
 from relay.providers import default_providers
 from relay.providers.base import Provider
 from relay.receiver import Receiver
@@ -44,7 +47,7 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     env: Mapping[str, str] | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """Build the app. Dependencies not given are built from ``settings`` at startup."""
 
     @contextlib.asynccontextmanager
@@ -99,8 +102,9 @@ def create_app(
             await http.close()
             await the_store.close()
 
-    return Starlette(
+    app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={Exception: _internal_error},
     )
+    return HookRouter(app, lambda: cast(AppState, app.state.relay))

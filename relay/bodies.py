@@ -1,33 +1,11 @@
-"""Reading untrusted request bodies: size-limited while streaming, JSON with bounded nesting."""
+"""Parsing untrusted request bodies: JSON with bounded nesting, every problem a PayloadError."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-from relay.errors import BodyTooLargeError, PayloadError
-
-
-async def read_limited(
-    stream: AsyncIterator[bytes], content_length: str | None, limit: int
-) -> bytes:
-    """Read the whole body, refusing it as soon as it is known to exceed ``limit`` bytes.
-
-    A declared Content-Length over the limit is refused before reading; a chunked or
-    lying body is refused once the bytes read pass the limit.
-    """
-    declared = content_length.strip() if content_length is not None else ""
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"body of {int(declared)} bytes is over the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+from relay.errors import PayloadError
 
 
 def _no_constant(name: str) -> Any:

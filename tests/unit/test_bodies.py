@@ -1,32 +1,7 @@
-from collections.abc import AsyncIterator
-
 import pytest
 
-from relay.bodies import parse_json, read_limited
-from relay.errors import BodyTooLargeError, PayloadError
-
-
-async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
-
-
-async def test_reads_a_body_within_the_limit() -> None:
-    assert await read_limited(_chunks(b"ab", b"cd"), None, 4) == b"abcd"
-
-
-async def test_declared_length_over_the_limit_is_refused_before_reading() -> None:
-    async def never() -> AsyncIterator[bytes]:
-        raise AssertionError("must not read")
-        yield b""
-
-    with pytest.raises(BodyTooLargeError):
-        await read_limited(never(), "5", 4)
-
-
-async def test_undeclared_length_is_cut_while_reading() -> None:
-    with pytest.raises(BodyTooLargeError):
-        await read_limited(_chunks(b"abc", b"de"), None, 4)
+from relay.bodies import parse_json
+from relay.errors import PayloadError
 
 
 @pytest.mark.parametrize(

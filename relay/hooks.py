@@ -1,0 +1,151 @@
+"""POST /hooks/{source}[/{token}][/callback]: the ingest endpoint, as a plain ASGI app.
+
+Every provider callback comes through here, so it skips the framework's per-request layers
+(request objects, route matching, middleware wrappers): measured under load, they cost about
+as much as relay's own work. It maps errors to status codes exactly as DESIGN section 7 says
+and never lets an exception reach the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from relay.app_state import AppState
+from relay.errors import BodyTooLargeError, RequestError, StoreUnavailableError
+from relay.providers.base import Ignored
+from relay.receiver import Request
+
+log = logging.getLogger("relay.hooks")
+
+PREFIX = "/hooks/"
+_JSON = (b"content-type", b"application/json")
+
+
+class Disconnected(Exception):
+    """The client went away before sending its whole body: nothing to answer."""
+
+
+class HookRouter:
+    """Sends ``/hooks/...`` to the ingest endpoint and everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, state: Callable[[], AppState]) -> None:
+        self.app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await hook(self._state(), scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def parse_path(path: str) -> tuple[str, str | None] | None:
+    """(source, token) from the path after /hooks/, or None if it is not a hook URL."""
+    parts = path[len(PREFIX) :].split("/")
+    if parts[-1] == "callback" and len(parts) > 1:
+        parts.pop()
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        return None
+    return parts[0], (parts[1] if len(parts) == 2 else None)
+
+
+async def hook(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["method"] != "POST":
+        await respond(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
+        return
+    where = parse_path(scope["path"])
+    if where is None:
+        await respond(send, 404, {"error": f"no hook at {scope['path']}"})
+        return
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    query = scope.get("query_string", b"")
+    client = scope.get("client")
+    try:
+        body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
+        result = await state.receiver.receive(
+            Request(
+                source=where[0],
+                token=where[1],
+                headers=headers,
+                body=body,
+                query=dict(parse_qsl(query.decode("latin-1"))) if query else {},
+                client_ip=client[0] if client else None,
+            )
+        )
+    except Disconnected:
+        return
+    except RequestError as exc:
+        if exc.status != 404:
+            log.info("refused %s: %d %s", scope["path"], exc.status, exc.reason)
+        await respond(send, exc.status, {"error": exc.reason})
+        return
+    except StoreUnavailableError as exc:
+        # 503, never 4xx: providers such as APIMart give up at once on a 4xx.
+        log.error("store unavailable, answered 503: %s", exc)
+        await respond(
+            send, 503, {"error": "store unavailable, retry later"}, [(b"retry-after", b"5")]
+        )
+        return
+    except Exception:
+        log.exception("unhandled error on %s", scope["path"])
+        await respond(send, 500, {"error": "internal error"})
+        return
+    if isinstance(result, Ignored):
+        await respond(send, 200, {"ignored": result.reason})
+    else:
+        await respond(
+            send,
+            200,
+            {
+                "event_id": result.event_id,
+                "duplicate": result.duplicate,
+                "deliveries": result.deliveries,
+            },
+        )
+
+
+async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before reading; a chunked or lying
+    body once the bytes read pass the limit.
+    """
+    declared = content_length.strip() if content_length is not None else ""
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"body of {int(declared)} bytes is over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
