@@ -25,7 +25,9 @@ from relay.store.sqlite import SQLiteStore
 
 
 def _load(rules_dir: Path) -> LoadedRules:
-    return load_rules(rules_dir, os.environ, default_providers().keys())
+    providers = default_providers()
+    checks = {name: p.check_source for name, p in providers.items()}
+    return load_rules(rules_dir, os.environ, providers.keys(), checks)
 
 
 def _print_problems(exc: ConfigError) -> None:

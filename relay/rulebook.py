@@ -48,7 +48,8 @@ class RuleBook:
 
     def _load(self) -> LoadedRules:
         env = os.environ if self._env is None else self._env
-        loaded = load_rules(self.directory, env, self.providers.keys())
+        checks = {name: p.check_source for name, p in self.providers.items()}
+        loaded = load_rules(self.directory, env, self.providers.keys(), checks)
         for line in loaded.defaults_used:
             log.warning("%s", line)
         return loaded

@@ -47,6 +47,10 @@ class Provider(Protocol):
 
     name: str
 
+    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
+        """This provider's own checks of a source's settings, run when the rules load: each
+        problem is (the key, or None for the source itself; a message). Never the secret."""
+
     def authenticate(self, inbound: Inbound) -> None:
         """Check what can be checked before the body is parsed (shared secrets, signatures
         over the raw bytes). Raise VerificationError on failure."""

@@ -41,14 +41,24 @@ class LoadedRules:
     defaults_used: list[str]
 
 
-def load_rules(directory: Path, env: Mapping[str, str], providers: Collection[str]) -> LoadedRules:
+SourceCheck = Callable[[SourceConfig], list[tuple[str | None, str]]]
+
+
+def load_rules(
+    directory: Path,
+    env: Mapping[str, str],
+    providers: Collection[str],
+    checks: Mapping[str, SourceCheck] | None = None,
+) -> LoadedRules:
     """Read and merge every ``*.yaml``/``*.yml`` under ``directory``; validate strictly.
 
     ``env`` supplies ``${VAR}`` values; ``providers`` are the provider names a source may use.
-    Raises ``ConfigError`` listing every problem found in every file.
+    ``checks`` maps a provider name to its own checks of a source's settings: each problem is
+    (key or None for the source itself, message). Raises ``ConfigError`` listing every problem
+    found in every file.
     """
     files = find_rule_files(directory)
-    merge = _Merge(providers=providers)
+    merge = _Merge(providers=providers, checks=checks or {})
     for path in files:
         merge.add_file(path, env)
     merge.check_routes()
@@ -132,6 +142,7 @@ class _Merge:
     """The state of one ``load_rules`` call: what has been merged so far and every problem."""
 
     providers: Collection[str]
+    checks: Mapping[str, SourceCheck]
     problems: list[str] = field(default_factory=list)
     defaults_used: list[str] = field(default_factory=list)
     # name -> (file, validated model); names whose definition was invalid are only in origins.
@@ -262,6 +273,10 @@ class _Merge:
                     file, (*path, "allow_ips", index), f"'{network}' is not an IP address or CIDR"
                 )
                 ok = False
+        check = self.checks.get(cfg.provider)
+        for key, message in check(cfg) if check is not None else []:
+            self.problem(file, (*path, key) if key else path, message)
+            ok = False
         if ok:
             self.sources[name] = (file, cfg)
 

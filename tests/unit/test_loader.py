@@ -443,3 +443,31 @@ def test_only_empty_files_give_empty_rules(tmp_path: Path) -> None:
     write(tmp_path, "sections.yaml", "sources:\ndestinations:\nroutes:\n")
     rules = load(tmp_path).rules
     assert (rules.sources, rules.destinations, rules.routes) == ({}, {}, [])
+
+
+def test_a_providers_own_source_checks_name_file_and_key(tmp_path: Path) -> None:
+    from relay.routing.model import SourceConfig
+
+    def novita_needs_a_token(cfg: SourceConfig) -> list[tuple[str | None, str]]:
+        if cfg.token is None:
+            return [("token", "is required: novita signs nothing")]
+        return []
+
+    write(
+        tmp_path,
+        "a.yaml",
+        """
+        sources:
+          nov:
+            provider: novita
+            secret: not-used
+          ok:
+            provider: novita
+            token: t0ken
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_rules(tmp_path, {}, PROVIDERS, {"novita": novita_needs_a_token})
+    assert caught.value.problems == [
+        f"{tmp_path / 'a.yaml'}: sources.nov.token: is required: novita signs nothing"
+    ]
