@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.errors import ConfigError, RequestError, StoreUnavailableError
 from relay.providers import default_providers
+from relay.providers.checks import source_checks
 from relay.routing.loader import LoadedRules, load_rules
 from relay.settings import Settings
 from relay.store import open_store
@@ -26,8 +27,7 @@ from relay.store.sqlite import SQLiteStore
 
 def _load(rules_dir: Path) -> LoadedRules:
     providers = default_providers()
-    checks = {name: p.check_source for name, p in providers.items()}
-    return load_rules(rules_dir, os.environ, providers.keys(), checks)
+    return load_rules(rules_dir, os.environ, providers.keys(), source_checks(providers))
 
 
 def _print_problems(exc: ConfigError) -> None:

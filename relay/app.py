@@ -12,14 +12,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import cast
 
 import aiohttp
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
+from relay import __version__
 from relay.app_state import AppState
 from relay.channels import ChannelFactory, default_channel_types
 from relay.channels.base import ChannelDeps
+from relay.crosscheck import CrossChecker
 from relay.dispatcher import Dispatcher
 from relay.endpoints import routes
 from relay.hooks import HookRouter
@@ -57,6 +60,8 @@ def create_app(
         # Delivery deadlines are per attempt (each channel's timeout); the session is shared
         # by every outbound call, Slack's client included.
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=settings.concurrency * 2))
+        # Provider status look-ups (verify: fetch) are low volume: httpx is enough there.
+        lookups = httpx.AsyncClient(headers={"user-agent": f"relay/{__version__}"})
         stop = asyncio.Event()
         task: asyncio.Task[None] | None = None
         try:
@@ -82,6 +87,7 @@ def create_app(
                 clock=clock,
                 max_depth=settings.max_depth,
                 on_stored=dispatcher.wake if dispatcher else None,
+                crosscheck=CrossChecker(lookups),
             )
             app.state.relay = AppState(settings, the_store, rulebook, receiver, http, dispatcher)
             loop = asyncio.get_running_loop()
@@ -100,6 +106,7 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await http.close()
+            await lookups.aclose()
             await the_store.close()
 
     app = Starlette(

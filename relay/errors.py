@@ -52,6 +52,10 @@ class BodyTooLargeError(RequestError):
     status = 413
 
 
+class UpstreamUnavailableError(RelayError):
+    """A provider's status API could not answer a cross-check: 503, so the provider retries."""
+
+
 class StoreUnavailableError(RelayError):
     """The store could not take or give data right now: 503 to a provider, retry for a worker."""
 

@@ -17,7 +17,12 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.app_state import AppState
-from relay.errors import BodyTooLargeError, RequestError, StoreUnavailableError
+from relay.errors import (
+    BodyTooLargeError,
+    RequestError,
+    StoreUnavailableError,
+    UpstreamUnavailableError,
+)
 from relay.providers.base import Ignored
 from relay.receiver import Request
 
@@ -84,6 +89,10 @@ async def hook(state: AppState, scope: Scope, receive: Receive, send: Send) -> N
         if exc.status != 404:
             log.info("refused %s: %d %s", scope["path"], exc.status, exc.reason)
         await respond(send, exc.status, {"error": exc.reason})
+        return
+    except UpstreamUnavailableError as exc:
+        log.warning("cross-check failed, answered 503: %s", exc)
+        await respond(send, 503, {"error": str(exc)}, [(b"retry-after", b"5")])
         return
     except StoreUnavailableError as exc:
         # 503, never 4xx: providers such as APIMart give up at once on a 4xx.

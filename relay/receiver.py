@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from relay.bodies import parse_json
-from relay.errors import PayloadError, UnknownSourceError, VerificationError
+from relay.crosscheck import CrossChecker
+from relay.errors import (
+    PayloadError,
+    UnknownSourceError,
+    UpstreamUnavailableError,
+    VerificationError,
+)
 from relay.events import TaskEvent
 from relay.ids import IdFactory
 from relay.providers.base import Ignored, Inbound
@@ -52,6 +58,7 @@ class Receiver:
         max_depth: int = 64,
         on_stored: Callable[[], None] | None = None,
         ids: Callable[[str], str] | None = None,
+        crosscheck: CrossChecker | None = None,
     ) -> None:
         self._rulebook = rulebook
         self._store = store
@@ -59,6 +66,7 @@ class Receiver:
         self._max_depth = max_depth
         self._on_stored = on_stored
         self._ids = ids if ids is not None else IdFactory(clock)
+        self._crosscheck = crosscheck
 
     def inbound(self, request: Request) -> Inbound:
         """Find the source and check the URL token and client address."""
@@ -109,6 +117,11 @@ class Receiver:
         result = self.normalize(inbound)
         if isinstance(result, Ignored):
             return result
+        if inbound.config.verify == "fetch":
+            if self._crosscheck is None:
+                raise UpstreamUnavailableError("cross-checks are not available in this process")
+            provider = self._rulebook.providers[inbound.config.provider]
+            result = await self._crosscheck.confirm(provider, inbound, result)
         targets = self.targets(result)
         deliveries = [NewDelivery(self._ids("dlv"), t.destination, t.route) for t in targets]
         stored = await self._store.ingest(result, deliveries)

@@ -12,6 +12,7 @@ from relay.channels.base import ChannelDeps
 from relay.dispatcher import Routing
 from relay.errors import ConfigError
 from relay.providers.base import Provider
+from relay.providers.checks import source_checks
 from relay.retry import RetryPolicy
 from relay.routing.loader import LoadedRules, load_rules
 from relay.routing.model import Rules
@@ -48,7 +49,7 @@ class RuleBook:
 
     def _load(self) -> LoadedRules:
         env = os.environ if self._env is None else self._env
-        checks = {name: p.check_source for name, p in self.providers.items()}
+        checks = source_checks(self.providers)
         loaded = load_rules(self.directory, env, self.providers.keys(), checks)
         for line in loaded.defaults_used:
             log.warning("%s", line)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from relay.events import TaskEvent
 from relay.routing.model import SourceConfig
@@ -62,3 +62,27 @@ class Provider(Protocol):
         anything not shaped as the provider documents raises PayloadError. Never any other
         exception.
         """
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """A GET to a provider's status API, built from our config and the task id only."""
+
+    url: str
+    headers: Mapping[str, str]
+
+
+@runtime_checkable
+class StatusLookup(Protocol):
+    """A provider whose tasks can be looked up, for sources with ``verify: fetch``."""
+
+    default_api_url: str
+
+    def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
+        """The look-up for ``task_id``: ``config.api_url`` (or ``default_api_url``) and the
+        task id (URL-quoted) make the URL, never anything from the payload."""
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        """What the status API's JSON says about the task, as an event that keeps the
+        callback's identity (id, source, dedupe key, received_at); None if the answer says the
+        task does not exist. Raises PayloadError if the answer cannot be read."""

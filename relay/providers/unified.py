@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound
+from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -81,11 +82,16 @@ URL_KEYS: tuple[str, ...] = (
 )
 
 
+DEFAULT_API_URLS = {"goapi": "https://api.goapi.ai", "piapi": "https://api.piapi.ai"}
+
+
 class UnifiedProvider:
     """The adapter for GoAPI and PiAPI, which share one schema; ``name`` tells them apart."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # Both serve GET /api/v1/task/{id} with the x-api-key header.
+        self.default_api_url = DEFAULT_API_URLS.get(name, "https://api.goapi.ai")
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A secret (the x-webhook-secret header), a URL token, or both: the loader requires
@@ -108,6 +114,31 @@ class UnifiedProvider:
             raise VerificationError(f"{SECRET_HEADER} header missing")
         if not secrets_equal(secret.get_secret_value(), given):
             raise VerificationError(f"{SECRET_HEADER} does not match")
+
+    def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
+        """GET {api_url}/api/v1/task/{task_id} with our x-api-key."""
+        base = config.api_url or self.default_api_url
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        return StatusRequest(f"{base}/api/v1/task/{quote(task_id, safe='')}", {"x-api-key": key})
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        """The status API answers ``{code, data: <the task>, message}``, the task in the same
+        schema as a callback's ``data``; a code other than 200 or no data means no such task."""
+        if not isinstance(body, dict):
+            raise PayloadError("body: not a JSON object")
+        data = body.get("data")
+        if body.get("code") not in (200, "200", None) or not isinstance(data, dict):
+            return None
+        if get_str(data, "task_id") != callback.task_id:
+            return None
+        # The answer is fresh by construction: stamp it now so the replay window holds.
+        wrapped = {"timestamp": int(inbound.received_at.timestamp()), "data": data}
+        trusted = self.normalize(inbound, wrapped, callback.id)
+        if isinstance(trusted, Ignored):
+            return None
+        return trusted.model_copy(
+            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
+        )
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn a unified-schema callback into a TaskEvent.

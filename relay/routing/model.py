@@ -26,6 +26,18 @@ class SourceConfig(_Strict):
     token: SecretStr | None = None
     replay_window: Duration = 300.0
     allow_ips: list[str] = Field(default_factory=list)
+    # "fetch": before routing, ask the provider's status API about the task and trust it.
+    verify: Literal["callback", "fetch"] = "callback"
+    api_key: SecretStr | None = None
+    api_url: str | None = None
+    fetch_timeout: Duration = 3.0
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
 
 
 class RetryConfig(_Strict):
