@@ -1,10 +1,13 @@
-"""Standard Webhooks signatures (https://www.standardwebhooks.com): sign outbound bodies."""
+"""Standard Webhooks signatures (https://www.standardwebhooks.com): sign outbound bodies and
+verify inbound ones."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import re
+from collections.abc import Sequence
 
 from pydantic import SecretStr
 
@@ -24,8 +27,7 @@ def decode_secret(secret: SecretStr) -> bytes:
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header value: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>``."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.new(key, _signed_content(msg_id, str(timestamp), body), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
@@ -35,3 +37,80 @@ def headers(key: bytes | None, msg_id: str, timestamp: int, body: bytes) -> dict
     if key is not None:
         out["webhook-signature"] = sign(key, msg_id, timestamp, body)
     return out
+
+
+class SignatureError(ValueError):
+    """A Standard Webhooks request that does not verify. The message is the reason, and never
+    contains a key or a signature."""
+
+
+# The timestamp is unix seconds as plain ASCII digits. Capped at 15 digits: int() refuses very
+# long digit strings (a ValueError we must not leak), and no real clock needs more.
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+
+
+def verify(
+    keys: Sequence[bytes],
+    msg_id: str,
+    timestamp: str,
+    signature_header: str,
+    body: bytes,
+    now: float,
+    tolerance: float,
+) -> None:
+    """Check a Standard Webhooks signature over the raw ``body``; return only if it holds.
+
+    ``keys`` are every key currently accepted (several during a key rotation); the
+    ``webhook-signature`` header is a space-separated list of ``v1,<base64>`` entries and one
+    matching entry is enough. Entries of other versions, and malformed ones, are skipped. The
+    timestamp must be within ``tolerance`` seconds of ``now`` in either direction, and is checked
+    before any HMAC is computed. Every failure, whatever the header holds, is a SignatureError.
+    """
+    if not msg_id:
+        raise SignatureError("webhook-id header missing")
+    if not timestamp:
+        raise SignatureError("webhook-timestamp header missing")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError("webhook-timestamp: not an integer unix time in seconds")
+    sent = int(timestamp)
+    window = f"outside the {tolerance:g} s replay window"
+    # Both directions: an old request may be a replay, a future one a clock we should not trust.
+    if sent < now - tolerance:
+        raise SignatureError(f"webhook-timestamp {sent} is too old ({window})")
+    if sent > now + tolerance:
+        raise SignatureError(f"webhook-timestamp {sent} is in the future ({window})")
+    if not signature_header:
+        raise SignatureError("webhook-signature header missing")
+    given = _v1_signatures(signature_header)
+    if not given:
+        raise SignatureError("webhook-signature: no valid v1 signature in the header")
+    if not keys:
+        raise SignatureError("no key to verify the signature with")
+    # The timestamp is signed as sent (it is plain digits, so this is the text the sender used).
+    signed = _signed_content(msg_id, timestamp, body)
+    for key in keys:
+        expected = hmac.new(key, signed, hashlib.sha256).digest()
+        # Every entry is compared, even after a match: the time taken says nothing about which.
+        if any([hmac.compare_digest(expected, candidate) for candidate in given]):
+            return
+    raise SignatureError("webhook-signature: no signature matches")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The decoded ``v1`` entries of a ``webhook-signature`` header; anything else is skipped."""
+    found: list[bytes] = []
+    for entry in header.split(" "):
+        version, comma, encoded = entry.partition(",")
+        if not comma or version != "v1" or not encoded:
+            continue
+        try:
+            # validate=True: stray characters make the entry invalid instead of being dropped.
+            found.append(base64.b64decode(encoded, validate=True))
+        except ValueError:  # binascii.Error, or non-ASCII text
+            continue
+    return found
+
+
+def _signed_content(msg_id: str, timestamp: str, body: bytes) -> bytes:
+    # surrogatepass: an id decoded from odd bytes must fail to match, not raise.
+    return f"{msg_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from relay.providers.apimart import ApimartProvider
 from relay.providers.base import Provider
+from relay.providers.goapi_account import GoapiAccountProvider
+from relay.providers.muapi import MuapiProvider
+from relay.providers.novita import NovitaProvider
+from relay.providers.standard import StandardProvider
 from relay.providers.unified import UnifiedProvider
 
 
@@ -14,4 +19,9 @@ def default_providers() -> dict[str, Provider]:
     return {
         "goapi": UnifiedProvider("goapi"),
         "piapi": UnifiedProvider("piapi"),
+        "apimart": ApimartProvider(),
+        "muapi": MuapiProvider(),
+        "novita": NovitaProvider(),
+        "goapi-account": GoapiAccountProvider(),
+        "standard": StandardProvider(),
     }

@@ -134,7 +134,15 @@ def test_secret_is_redacted_in_raw(name: str) -> None:
 
 def test_default_providers_registry() -> None:
     providers = default_providers()
-    assert sorted(providers) == ["goapi", "piapi"]
+    assert sorted(providers) == [
+        "apimart",
+        "goapi",
+        "goapi-account",
+        "muapi",
+        "novita",
+        "piapi",
+        "standard",
+    ]
     assert all(p.name == key for key, p in providers.items())
     assert default_providers()["goapi"] is not providers["goapi"]
 

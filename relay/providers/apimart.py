@@ -1,0 +1,244 @@
+"""APIMart: unsigned task callbacks (DESIGN section 2).
+
+APIMart POSTs to the ``webhook`` base URL we gave it plus ``/callback``, with the same body its
+``GET /v1/tasks/{id}`` answers: ``{"code": 200, "data": <task>}``, or the bare task. Nothing is
+signed, so the unguessable token in our URL (checked by the endpoint) is the only proof.
+
+APIMart gives up at once on any 4xx, so a 400 loses the result for good. Only a body we cannot
+tie to a task (not a JSON object, no task id) is refused; every other field is optional and an
+odd value is ignored rather than refused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import PayloadError, VerificationError
+from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.providers.base import Ignored, Inbound
+from relay.providers.common import (
+    as_float,
+    get_dict,
+    get_str,
+    parse_time,
+    redact_in_place,
+    s3_expiry,
+)
+from relay.routing.model import SourceConfig
+
+# APIMart documents pending, processing, completed, failed and cancelled; it pushes only the last
+# three. The others are spellings seen on its submit answers and sibling APIs.
+STATUS_MAP: dict[str, Status] = {
+    "submitted": "pending",
+    "pending": "pending",
+    "queued": "pending",
+    "processing": "processing",
+    "running": "processing",
+    "in_progress": "processing",
+    "completed": "succeeded",
+    "succeeded": "succeeded",
+    "success": "succeeded",
+    "failed": "failed",
+    "failure": "failed",
+    "error": "failed",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+
+# Shown (and keyed on) when a callback has no usable status: it is kept as progress, not refused.
+UNKNOWN_STATUS = "unknown"
+
+# Lists of media under ``result``, each item ``{url: str | [str], expires_at: unix s}``.
+RESULT_KINDS: tuple[tuple[str, OutputKind], ...] = (
+    ("images", "image"),
+    ("videos", "video"),
+    ("audios", "audio"),
+)
+
+# Where the task id can sit: ``id`` on the task APIMart pushes, ``task_id`` on its submit answers.
+ID_KEYS: tuple[str, ...] = ("id", "task_id")
+
+
+class ApimartProvider:
+    """The adapter for APIMart task callbacks."""
+
+    name = "apimart"
+
+    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
+        """A URL token is required; a secret is refused because nothing would ever check it."""
+        problems: list[tuple[str | None, str]] = []
+        if config.token is None:
+            problems.append(
+                ("token", "is required: APIMart signs nothing, the URL token is the only proof")
+            )
+        if config.secret is not None:
+            problems.append(("secret", "is not used by APIMart: put the token in the URL instead"))
+        return problems
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Nothing is signed: the endpoint has already checked the URL token in constant time.
+
+        A source without a token (the loader refuses one, but a config built elsewhere might
+        not) is refused rather than left open.
+        """
+        if inbound.config.token is None:
+            raise VerificationError("source: APIMart needs a token in its URL")
+
+    def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
+        """Turn an APIMart callback, wrapped in ``{code, data}`` or bare, into a TaskEvent.
+
+        Only the task id is required (PayloadError naming it). A missing or unknown status is a
+        non-final progress event, so it can never close a task by mistake.
+        """
+        if not isinstance(payload, dict):
+            raise PayloadError("body: not a JSON object")
+        task = _task(payload)
+        task_id = _task_id(task)
+        if task_id is None:
+            where = "data.id" if task is not payload else "id"
+            raise PayloadError(f"{where}: missing or not a string")
+        provider_status = get_str(task, "status") or UNKNOWN_STATUS
+        # Unknown statuses are new intermediate states more often than new final ones.
+        status = STATUS_MAP.get(provider_status.lower(), "processing")
+
+        result = get_dict(task, "result")
+        created_at = parse_time(task.get("created"))
+        finished_at = parse_time(task.get("completed"))
+        try:
+            return TaskEvent(
+                id=event_id,
+                source=inbound.source,
+                provider=self.name,
+                task_id=task_id,
+                dedupe_key=f"{task_id}:{provider_status.lower()}",
+                model=get_str(task, "model"),
+                test=False,
+                status=status,
+                provider_status=provider_status,
+                progress=_progress(task.get("progress"), status),
+                final=status in FINAL_STATUSES,
+                outputs=_outputs(result),
+                error=_error(task.get("error")),
+                created_at=created_at,
+                finished_at=finished_at,
+                duration_s=_duration(created_at, finished_at, task.get("actual_time")),
+                received_at=inbound.received_at,
+                # Last: it consumes the payload, every field above is read already.
+                raw=redact_in_place(payload),
+            )
+        except ValidationError as exc:
+            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
+            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+
+
+def _task(payload: dict[str, Any]) -> dict[str, Any]:
+    """The task object: ``data`` when the body is the ``{code, data}`` wrapper, else the body."""
+    if _task_id(payload) is not None:
+        return payload
+    data = get_dict(payload, "data")
+    return data if data is not None else payload
+
+
+def _task_id(task: dict[str, Any]) -> str | None:
+    for key in ID_KEYS:
+        value = task.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        # A numeric id is odd but still names the task: refusing it would lose the result.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _progress(value: Any, status: Status) -> int | None:
+    if status == "succeeded":
+        return 100
+    number = as_float(value)
+    if number is None:
+        return None
+    return round(min(100.0, max(0.0, number)))
+
+
+def _outputs(result: dict[str, Any] | None) -> list[Output]:
+    """One output per URL in ``result.images/videos/audios``, each URL once."""
+    if result is None:
+        return []
+    thumbnail = _web_url(result.get("thumbnail_url"))
+    outputs: list[Output] = []
+    seen: set[str] = set()
+    for key, kind in RESULT_KINDS:
+        items = result.get(key)
+        # The documented shape is a list; a lone item is read rather than refused.
+        for item in items if isinstance(items, list) else [items]:
+            for url, expires in _item_urls(item):
+                if url in seen:
+                    continue
+                seen.add(url)
+                outputs.append(
+                    Output(
+                        kind=kind,
+                        url=url,
+                        # A presigned URL's own expiry is exact; APIMart's may round.
+                        expires_at=s3_expiry(url) or expires,
+                        thumbnail_url=thumbnail if kind == "video" else None,
+                    )
+                )
+    return outputs
+
+
+def _item_urls(item: Any) -> list[tuple[str, datetime | None]]:
+    """The web URLs of one result item with its ``expires_at``; ``url`` is a string or a list."""
+    if isinstance(item, dict):
+        urls = item.get("url")
+        expires = parse_time(item.get("expires_at"))
+    else:
+        urls, expires = item, None
+    found = [_web_url(u) for u in (urls if isinstance(urls, list) else [urls])]
+    return [(u, expires) for u in found if u is not None]
+
+
+def _web_url(value: Any) -> str | None:
+    # Only web URLs: anything else is not something a channel can link to.
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    return url if url.lower().startswith(("http://", "https://")) else None
+
+
+def _error(error: Any) -> TaskError | None:
+    """``{code, message, type}`` or a plain string; an all-empty error is no error."""
+    if isinstance(error, str):
+        return TaskError(message=error.strip()) if error.strip() else None
+    if not isinstance(error, dict):
+        return None
+    code = _error_code(error.get("code"))
+    message = get_str(error, "message")
+    kind = get_str(error, "type")
+    if code is None and message is None and kind is None:
+        return None
+    text = message or kind or f"error code {code}"
+    return TaskError(code=code, message=text, detail=kind if kind != text else None)
+
+
+def _error_code(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    number = as_float(value)
+    if number is None or number == 0:
+        return None
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _duration(
+    created_at: datetime | None, finished_at: datetime | None, actual_time: Any
+) -> float | None:
+    """From the two timestamps when both are there, else APIMart's own ``actual_time`` (s)."""
+    if created_at is not None and finished_at is not None and finished_at >= created_at:
+        return round((finished_at - created_at).total_seconds(), 1)
+    seconds = as_float(actual_time)
+    if seconds is None or seconds < 0:
+        return None
+    return round(seconds, 1)

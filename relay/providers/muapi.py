@@ -1,0 +1,184 @@
+"""MuAPI: unsigned prediction callbacks (DESIGN section 2).
+
+MuAPI POSTs to the URL given as ``?webhook=`` on its submit call. Our URL sits inside MuAPI's own
+query string, so the token comes either as a path segment (URL-encoded inside ``webhook=``) or as
+our own ``token`` query parameter; the endpoint checks either in constant time. Nothing is signed.
+
+The body is ``{id, status, outputs[], has_nsfw_contents[], error, created_at, executionTime,
+timings}``. ``outputs`` are bare URLs with no media kind, so the kind comes from the extension, and
+``has_nsfw_contents`` runs parallel to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import PayloadError, VerificationError
+from relay.events import FINAL_STATUSES, Output, Status, TaskError, TaskEvent
+from relay.providers.base import Ignored, Inbound
+from relay.providers.common import (
+    as_float,
+    get_dict,
+    get_list,
+    get_str,
+    kind_from_url,
+    parse_time,
+    redact_in_place,
+    s3_expiry,
+)
+from relay.routing.model import SourceConfig
+
+# MuAPI documents queued, pending, processing, completed, failed and cancelled; its webhook fires
+# on completed and failed.
+STATUS_MAP: dict[str, Status] = {
+    "queued": "pending",
+    "pending": "pending",
+    "processing": "processing",
+    "running": "processing",
+    "in_progress": "processing",
+    "completed": "succeeded",
+    "succeeded": "succeeded",
+    "success": "succeeded",
+    "failed": "failed",
+    "error": "failed",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+
+# ``id`` on the webhook body and the result endpoint, ``request_id`` on the submit answer.
+ID_KEYS: tuple[str, ...] = ("id", "request_id")
+
+
+class MuapiProvider:
+    """The adapter for MuAPI prediction callbacks."""
+
+    name = "muapi"
+
+    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
+        """A URL token is required; a secret is refused because nothing would ever check it."""
+        problems: list[tuple[str | None, str]] = []
+        if config.token is None:
+            problems.append(
+                ("token", "is required: MuAPI signs nothing, the URL token is the only proof")
+            )
+        if config.secret is not None:
+            problems.append(("secret", "is not used by MuAPI: put the token in the URL instead"))
+        return problems
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Nothing is signed: the endpoint has already checked the URL token in constant time.
+
+        A source without a token is refused rather than left open.
+        """
+        if inbound.config.token is None:
+            raise VerificationError("source: MuAPI needs a token in its URL")
+
+    def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
+        """Turn a MuAPI callback into a TaskEvent.
+
+        ``id`` (or ``request_id``) and ``status`` are required (PayloadError naming the field);
+        every other field is optional and ignored when it has a wrong type.
+        """
+        if not isinstance(payload, dict):
+            raise PayloadError("body: not a JSON object")
+        task_id = _task_id(payload)
+        if task_id is None:
+            raise PayloadError("id: missing or not a string")
+        provider_status = get_str(payload, "status")
+        if provider_status is None:
+            raise PayloadError("status: missing or not a string")
+        # Unknown statuses are new intermediate states more often than new final ones.
+        status = STATUS_MAP.get(provider_status.lower(), "processing")
+        try:
+            return TaskEvent(
+                id=event_id,
+                source=inbound.source,
+                provider=self.name,
+                task_id=task_id,
+                dedupe_key=f"{task_id}:{provider_status.lower()}",
+                model=get_str(payload, "model"),
+                test=False,
+                status=status,
+                provider_status=provider_status,
+                progress=_progress(payload.get("progress"), status),
+                final=status in FINAL_STATUSES,
+                outputs=_outputs(payload),
+                error=_error(payload.get("error")),
+                created_at=parse_time(payload.get("created_at")),
+                duration_s=_duration(payload.get("executionTime")),
+                received_at=inbound.received_at,
+                # MuAPI's result responses carry the wallet charge as ``cost``.
+                usage=get_dict(payload, "cost"),
+                # Last: it consumes the payload, every field above is read already.
+                raw=redact_in_place(payload),
+            )
+        except ValidationError as exc:
+            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
+            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+
+
+def _task_id(payload: dict[str, Any]) -> str | None:
+    for key in ID_KEYS:
+        task_id = get_str(payload, key)
+        if task_id is not None:
+            return task_id
+    return None
+
+
+def _progress(value: Any, status: Status) -> int | None:
+    if status == "succeeded":
+        return 100
+    number = as_float(value)
+    if number is None:
+        return None
+    return round(min(100.0, max(0.0, number)))
+
+
+def _outputs(payload: dict[str, Any]) -> list[Output]:
+    """One output per web URL in ``outputs``, with the NSFW flag at the same index.
+
+    The flags are zipped by position in the original lists, so a skipped junk entry never
+    shifts the flags of the URLs after it; a missing, shorter or non-boolean flag is None.
+    """
+    urls = get_list(payload, "outputs") or []
+    flags = get_list(payload, "has_nsfw_contents") or []
+    outputs: list[Output] = []
+    seen: set[str] = set()
+    for index, value in enumerate(urls):
+        url = value.strip() if isinstance(value, str) else None
+        # Only web URLs: anything else is not something a channel can link to.
+        if url is None or not url.lower().startswith(("http://", "https://")) or url in seen:
+            continue
+        seen.add(url)
+        flag = flags[index] if index < len(flags) else None
+        outputs.append(
+            Output(
+                kind=kind_from_url(url),
+                url=url,
+                expires_at=s3_expiry(url),
+                nsfw=flag if isinstance(flag, bool) else None,
+            )
+        )
+    return outputs
+
+
+def _error(error: Any) -> TaskError | None:
+    """MuAPI sends a string (``""`` on success); an object with a message is read as well."""
+    if isinstance(error, str):
+        return TaskError(message=error.strip()) if error.strip() else None
+    message = get_str(error, "message")
+    return TaskError(message=message) if message is not None else None
+
+
+def _duration(value: Any) -> float | None:
+    """``executionTime`` in seconds.
+
+    MuAPI documents it only as ``"<time>"``; its callbacks carry values like 6.84 next to
+    ``timings.inference`` 6212 (milliseconds), so executionTime is read as seconds.
+    """
+    seconds = as_float(value)
+    if seconds is None or seconds < 0:
+        return None
+    return round(seconds, 2)

@@ -1,0 +1,298 @@
+"""Novita: the ``ASYNC_TASK_RESULT`` webhook of its asynchronous V3 APIs (DESIGN section 2).
+
+The body is ``{"event_type": ..., "payload": <the Task Result API's answer>}`` where the payload
+holds ``task`` (id, status, reason, type, progress), ``extra`` (echoing our request's
+``extra.webhook``, test mode included, and ``debug_info`` timings when Novita adds them) and the
+lists ``images``, ``videos`` and ``audios``. Novita signs nothing: the unguessable token in our
+URL is the only proof, and the payload echoes that URL, so the token is scrubbed from the stored
+body as well.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import PayloadError, VerificationError
+from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.providers.base import Ignored, Inbound
+from relay.providers.common import (
+    REDACTED,
+    as_float,
+    get_dict,
+    get_list,
+    get_str,
+    parse_time,
+    redact_in_place,
+    s3_expiry,
+    secrets_equal,
+)
+from relay.routing.model import SourceConfig
+
+RESULT_EVENT = "ASYNC_TASK_RESULT"
+
+STATUS_MAP: dict[str, Status] = {
+    "TASK_STATUS_QUEUED": "pending",
+    "TASK_STATUS_PROCESSING": "processing",
+    "TASK_STATUS_SUCCEED": "succeeded",
+    "TASK_STATUS_FAILED": "failed",
+}
+
+# (list in the payload, key of the URL, key of its ttl, the kind): one entry per media list.
+MEDIA_LISTS: tuple[tuple[str, str, str, OutputKind], ...] = (
+    ("images", "image_url", "image_url_ttl", "image"),
+    ("videos", "video_url", "video_url_ttl", "video"),
+    ("audios", "audio_url", "audio_url_ttl", "audio"),
+)
+
+# A ttl beyond this is not a real lifetime (S3 caps presigned URLs at 7 days), and an unbounded
+# one would overflow datetime arithmetic.
+_MAX_TTL_S = 10 * 365 * 86400
+
+# Where our hook URL sits in a path: /hooks/{source}/{token}[/callback].
+_HOOKS_SEGMENT = "hooks"
+
+
+class NovitaProvider:
+    """The adapter for Novita's ``ASYNC_TASK_RESULT`` webhook.
+
+    Only ``ASYNC_TASK_RESULT`` events become TaskEvents; any other ``event_type`` is
+    ``Ignored`` (answered 200, stored nowhere), as Novita's docs ask receivers to do.
+    """
+
+    name = "novita"
+
+    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
+        """A token is required; a secret is refused because nothing would ever check it."""
+        problems: list[tuple[str | None, str]] = []
+        if config.token is None:
+            problems.append(
+                ("token", "is required: Novita signs nothing, the URL token is the only proof")
+            )
+        if config.secret is not None:
+            problems.append(
+                ("secret", "is not used: Novita sends no secret, only the URL token is checked")
+            )
+        return problems
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Check the URL token again, in constant time.
+
+        The endpoint has already compared it; checking here too keeps the adapter safe when it
+        is called some other way, and refuses a source that somehow has no token.
+        """
+        token = inbound.config.token
+        if token is None:
+            raise VerificationError("source: a Novita source needs a token")
+        if not secrets_equal(token.get_secret_value(), inbound.path_token):
+            raise VerificationError("token does not match")
+
+    def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
+        """Turn an ``ASYNC_TASK_RESULT`` body into a TaskEvent; ignore other event types.
+
+        ``event_type``, ``payload``, ``payload.task``, ``task.task_id`` and ``task.status`` are
+        required (PayloadError naming the field). Everything else is optional and ignored when
+        it has a wrong type.
+        """
+        if not isinstance(payload, dict):
+            raise PayloadError("body: not a JSON object")
+        event_type = get_str(payload, "event_type")
+        if event_type is None:
+            # Not "some other event": a body without an event type is not from Novita at all.
+            raise PayloadError("event_type: missing or not a string")
+        if event_type.upper() != RESULT_EVENT:
+            return Ignored(f"event_type '{event_type[:64]}' is not {RESULT_EVENT}")
+        body = get_dict(payload, "payload")
+        if body is None:
+            raise PayloadError("payload: missing or not an object")
+        task = get_dict(body, "task")
+        if task is None:
+            raise PayloadError("payload.task: missing or not an object")
+        task_id = get_str(task, "task_id")
+        if task_id is None:
+            raise PayloadError("payload.task.task_id: missing or not a string")
+        provider_status = get_str(task, "status")
+        if provider_status is None:
+            raise PayloadError("payload.task.status: missing or not a string")
+        # Unknown statuses are new intermediate states more often than new final ones: treating
+        # them as progress never closes a task by mistake.
+        status = STATUS_MAP.get(provider_status.upper(), "processing")
+
+        extra = get_dict(body, "extra")
+        debug = get_dict(extra, "debug_info")
+        created_at = parse_time(_get(debug, "submit_time_ms"))
+        finished_at = parse_time(_get(debug, "complete_time_ms"))
+        reason = get_str(task, "reason")
+        try:
+            return TaskEvent(
+                id=event_id,
+                source=inbound.source,
+                provider=self.name,
+                task_id=task_id,
+                dedupe_key=f"{task_id}:{provider_status.upper()}",
+                # Novita names the API or model family in task_type (TXT_TO_IMG,
+                # MINIMAX_HAILUO_02_6S_768P); the callback carries no separate model name.
+                model=None,
+                task_type=get_str(task, "task_type"),
+                test=_test_mode(extra),
+                status=status,
+                provider_status=provider_status,
+                progress=_progress(task, status),
+                final=status in FINAL_STATUSES,
+                outputs=_outputs(body, extra, inbound.received_at),
+                error=TaskError(message=reason) if reason is not None else None,
+                created_at=created_at,
+                started_at=parse_time(_get(debug, "execute_time_ms")),
+                finished_at=finished_at,
+                duration_s=_duration(created_at, finished_at),
+                received_at=inbound.received_at,
+                # Last: it consumes the payload, every field above is read already.
+                raw=_redacted(payload, _known_tokens(inbound)),
+            )
+        except ValidationError as exc:
+            # Our own readers should only pass valid values; if one slips through, the caller
+            # still gets a 400 naming the field, not a 500.
+            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
+            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+
+
+def redact_hook_url(url: str, tokens: tuple[str, ...] = ()) -> str:
+    """``url`` with any relay hook token in it replaced by ``"[redacted]"``.
+
+    The token segment of a ``/hooks/{source}/{token}`` path and the value of a ``token`` query
+    parameter are replaced whatever they are, and so is every literal occurrence of ``tokens``
+    (our configured token, the one in the request URL). Total: any string in, a string out.
+    """
+    path_end = len(url)
+    for stop in ("?", "#"):
+        at = url.find(stop)
+        if at != -1:
+            path_end = min(path_end, at)
+    head, tail = url[:path_end], url[path_end:]
+    segments = head.split("/")
+    for index, segment in enumerate(segments[:-2]):
+        token_at = index + 2
+        if segment == _HOOKS_SEGMENT and segments[token_at] not in ("", "callback"):
+            segments[token_at] = REDACTED
+    head = "/".join(segments)
+    if tail.startswith("?"):
+        query, hash_mark, fragment = tail[1:].partition("#")
+        parts = [_redact_token_param(part) for part in query.split("&")]
+        tail = "?" + "&".join(parts) + hash_mark + fragment
+    out = head + tail
+    for token in tokens:
+        if token:
+            out = out.replace(token, REDACTED)
+    return out
+
+
+def _redact_token_param(part: str) -> str:
+    # Edited as text, not re-encoded: the rest of the URL must stay exactly as Novita sent it.
+    name, _, value = part.partition("=")
+    return f"{name}={REDACTED}" if name.lower() == "token" and value else part
+
+
+def redact_echoed_hook_urls(payload: Any, tokens: tuple[str, ...] = ()) -> None:
+    """Scrub our token from the hook URL Novita echoes in ``payload.extra.webhook.url``.
+
+    Changes ``payload`` in place (like ``redact_in_place``); anything not shaped as expected is
+    left alone.
+    """
+    webhook = get_dict(get_dict(get_dict(payload, "payload"), "extra"), "webhook")
+    if webhook is not None and isinstance(webhook.get("url"), str):
+        webhook["url"] = redact_hook_url(webhook["url"], tokens)
+
+
+def _redacted(payload: dict[str, Any], tokens: tuple[str, ...]) -> Any:
+    # The echoed hook URL first: the generic redaction knows sensitive keys, not tokens in URLs.
+    redact_echoed_hook_urls(payload, tokens)
+    return redact_in_place(payload)
+
+
+def _known_tokens(inbound: Inbound) -> tuple[str, ...]:
+    configured = inbound.config.token
+    found = [configured.get_secret_value()] if configured is not None else []
+    if inbound.path_token:
+        found.append(inbound.path_token)
+    return tuple(found)
+
+
+def _get(obj: dict[str, Any] | None, key: str) -> Any:
+    return obj.get(key) if obj is not None else None
+
+
+def _test_mode(extra: dict[str, Any] | None) -> bool:
+    test_mode = get_dict(get_dict(extra, "webhook"), "test_mode")
+    return test_mode is not None and test_mode.get("enabled") is True
+
+
+def _progress(task: dict[str, Any], status: Status) -> int | None:
+    if status == "succeeded":
+        return 100
+    if status not in ("pending", "processing"):
+        return None
+    value = as_float(task.get("progress_percent"))
+    if value is None:
+        return None
+    return round(min(100.0, max(0.0, value)))
+
+
+def _duration(created_at: datetime | None, finished_at: datetime | None) -> float | None:
+    if created_at is None or finished_at is None or finished_at < created_at:
+        return None
+    return round((finished_at - created_at).total_seconds(), 1)
+
+
+def _outputs(
+    body: dict[str, Any], extra: dict[str, Any] | None, received: datetime
+) -> list[Output]:
+    outputs: list[Output] = []
+    seen: set[str] = set()
+    # Some Novita APIs flag NSFW images in a list parallel to ``images`` instead of per image.
+    flags = get_list(extra, "has_nsfw_contents") or []
+    for list_key, url_key, ttl_key, kind in MEDIA_LISTS:
+        for index, item in enumerate(get_list(body, list_key) or []):
+            url = get_str(item, url_key) if isinstance(item, dict) else None
+            if url is None and isinstance(item, str):
+                url = item.strip()
+            # Only web URLs: base64 blobs and other schemes are not something a channel can link.
+            if not url or not url.lower().startswith(("http://", "https://")) or url in seen:
+                continue
+            seen.add(url)
+            nsfw = _nsfw(item)
+            if nsfw is None and kind == "image" and index < len(flags):
+                nsfw = flags[index] if isinstance(flags[index], bool) else None
+            ttl = _ttl(item.get(ttl_key)) if isinstance(item, dict) else None
+            outputs.append(
+                Output(kind=kind, url=url, expires_at=_expires_at(url, ttl, received), nsfw=nsfw)
+            )
+    return outputs
+
+
+def _nsfw(item: Any) -> bool | None:
+    """``nsfw_detection_result``: ``{valid, confidence}`` where ``valid`` says NSFW was found;
+    null when detection was off. A bare boolean is taken as it is."""
+    result = item.get("nsfw_detection_result") if isinstance(item, dict) else None
+    if isinstance(result, bool):
+        return result
+    valid = result.get("valid") if isinstance(result, dict) else None
+    return valid if isinstance(valid, bool) else None
+
+
+def _ttl(value: Any) -> float | None:
+    """A ``*_url_ttl`` in seconds (a string or a number); ``"0"``, 0 and garbage are unknown."""
+    seconds = as_float(value)
+    if seconds is None or seconds <= 0 or seconds > _MAX_TTL_S:
+        return None
+    return seconds
+
+
+def _expires_at(url: str, ttl: float | None, received: datetime) -> datetime | None:
+    # The presigned URL states when it stops working; Novita's ttl counts from some moment
+    # before it reached us, so it is only the fallback.
+    signed = s3_expiry(url)
+    if signed is not None:
+        return signed
+    return received + timedelta(seconds=ttl) if ttl is not None else None

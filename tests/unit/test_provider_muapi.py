@@ -1,0 +1,351 @@
+"""The MuAPI adapter against the shared fixtures (expected.json is the oracle) and its quirks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from relay.errors import PayloadError, VerificationError
+from relay.events import TaskEvent
+from relay.providers import default_providers
+from relay.providers.base import Ignored, Inbound
+from relay.providers.muapi import MuapiProvider
+from relay.routing.model import SourceConfig
+from tests.fixtures_util import FIXTURES, expected, load
+
+EXPECTED = expected()
+CASES = sorted(k for k in EXPECTED if k.startswith("muapi/"))
+
+NOW = datetime(2025, 9, 14, 12, 0, 0, tzinfo=UTC)
+TOKEN = "muapi-url-token-0123456789"
+
+
+def config(**changes: Any) -> SourceConfig:
+    values: dict[str, Any] = {"provider": "muapi", "token": SecretStr(TOKEN)}
+    values.update(changes)
+    return SourceConfig(**values)
+
+
+def inbound(payload: Any, cfg: SourceConfig | None = None) -> Inbound:
+    return Inbound(
+        source="muapi-main",
+        config=cfg or config(),
+        headers={"content-type": "application/json"},
+        body=json.dumps(payload).encode(),
+        received_at=NOW,
+        path_token=TOKEN,
+        query={"token": TOKEN},
+    )
+
+
+def normalize(payload: Any) -> TaskEvent:
+    event = MuapiProvider().normalize(inbound(payload), payload, "ev-1")
+    assert isinstance(event, TaskEvent)
+    return event
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"id": "req-1", "status": "completed", "outputs": []}
+    payload.update(fields)
+    return payload
+
+
+def test_every_muapi_fixture_has_an_oracle_entry() -> None:
+    files = sorted(f"muapi/{p.name}" for p in (FIXTURES / "muapi").glob("*.json"))
+    assert [f for f in files if not f.endswith(".headers.json")] == CASES
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixture_matches_oracle(name: str) -> None:
+    want = EXPECTED[name]
+    payload, _ = load(name)
+    provider_status = payload["status"]
+    nsfw = list(payload["has_nsfw_contents"])
+    provider = MuapiProvider()
+    req = inbound(payload)
+    provider.authenticate(req)
+    event = provider.normalize(req, payload, "ev-1")
+
+    assert isinstance(event, TaskEvent)
+    assert (event.provider, event.id, event.source) == ("muapi", "ev-1", "muapi-main")
+    assert event.received_at == NOW
+    assert event.task_id == want["task_id"]
+    assert event.status == want["status"]
+    assert event.final is want["final"]
+    assert event.provider_status == provider_status
+    assert event.test is want.get("test", False)
+    got = [(o.kind, o.url) for o in event.outputs]
+    assert len(got) == len(want.get("outputs", [])), got
+    for (kind, url), (want_kind, want_part) in zip(got, want.get("outputs", []), strict=True):
+        assert kind == want_kind
+        assert url is not None and want_part in url
+    # MuAPI gives no expiry and its CDN URLs are not presigned.
+    want_expiry = want.get("expires_at")
+    assert all(
+        (int(o.expires_at.timestamp()) if o.expires_at else None) == want_expiry
+        for o in event.outputs
+    )
+    assert [o.nsfw for o in event.outputs] == nsfw
+    if "error" in want:
+        assert event.error is not None
+        assert want["error"] in event.error.message
+    else:
+        assert event.error is None
+    if "duration_s" in want:
+        assert event.duration_s is not None
+        assert abs(event.duration_s - want["duration_s"]) <= 1
+    assert event.dedupe_key == f"{event.task_id}:{event.provider_status.lower()}"
+    TaskEvent.model_validate_json(event.model_dump_json())
+
+
+def test_fixture_timing_is_read_as_seconds() -> None:
+    payload, _ = load("muapi/image_success.json")
+    event = normalize(payload)
+    # executionTime 6.84 next to timings.inference 6212 (ms): seconds, not milliseconds.
+    assert event.duration_s == 6.84
+    assert event.created_at == datetime(2025, 9, 14, 10, 21, 7, 412000, tzinfo=UTC)
+    assert event.finished_at is None
+
+
+def test_registered_by_name() -> None:
+    assert isinstance(default_providers()["muapi"], MuapiProvider)
+    assert MuapiProvider().name == "muapi"
+
+
+# -- source checks and authentication ---------------------------------------------------------
+
+
+def test_check_source_accepts_a_token() -> None:
+    assert MuapiProvider().check_source(config()) == []
+
+
+def test_check_source_requires_a_token_and_refuses_a_secret() -> None:
+    assert MuapiProvider().check_source(SourceConfig(provider="muapi")) == [
+        ("token", "is required: MuAPI signs nothing, the URL token is the only proof")
+    ]
+    assert MuapiProvider().check_source(config(secret=SecretStr("s"))) == [
+        ("secret", "is not used by MuAPI: put the token in the URL instead")
+    ]
+
+
+def test_authenticate_has_nothing_more_to_check() -> None:
+    MuapiProvider().authenticate(inbound(body()))
+
+
+def test_authenticate_refuses_a_source_without_token() -> None:
+    with pytest.raises(VerificationError, match="token"):
+        MuapiProvider().authenticate(inbound(body(), SourceConfig(provider="muapi")))
+
+
+# -- quirks -----------------------------------------------------------------------------------
+
+
+def test_kind_is_inferred_from_the_extension() -> None:
+    outputs = [
+        "https://cdn.muapi.ai/o/a.PNG",
+        "https://cdn.muapi.ai/o/b.jpeg?x=1",
+        "https://cdn.muapi.ai/o/c.mp4",
+        "https://cdn.muapi.ai/o/d.webm#t=1",
+        "https://cdn.muapi.ai/o/e.mp3",
+        "https://cdn.muapi.ai/o/f.wav",
+        "https://cdn.muapi.ai/o/g.glb",
+        "https://cdn.muapi.ai/o/h.obj",
+        "https://cdn.muapi.ai/o/i.zip",
+        "https://cdn.muapi.ai/o/no-extension",
+    ]
+    event = normalize(body(outputs=outputs))
+    assert [o.kind for o in event.outputs] == [
+        "image", "image", "video", "video", "audio", "audio", "model3d", "model3d", "file", "file",
+    ]  # fmt: skip
+    assert [o.url for o in event.outputs] == outputs
+
+
+def test_nsfw_flags_are_zipped_onto_outputs() -> None:
+    outputs = ["https://c.example/1.png", "https://c.example/2.png", "https://c.example/3.png"]
+    event = normalize(body(outputs=outputs, has_nsfw_contents=[False, True, False]))
+    assert [o.nsfw for o in event.outputs] == [False, True, False]
+
+
+def test_a_shorter_nsfw_list_leaves_the_rest_unknown() -> None:
+    outputs = ["https://c.example/1.png", "https://c.example/2.png", "https://c.example/3.png"]
+    event = normalize(body(outputs=outputs, has_nsfw_contents=[True]))
+    assert [o.nsfw for o in event.outputs] == [True, None, None]
+
+
+@pytest.mark.parametrize("flags", [None, "yes", {}, [], ["true", 1, None]])
+def test_missing_or_odd_nsfw_flags_are_unknown(flags: Any) -> None:
+    payload = body(outputs=["https://c.example/1.png"])
+    if flags is not None:
+        payload["has_nsfw_contents"] = flags
+    assert normalize(payload).outputs[0].nsfw is None
+
+
+def test_skipped_junk_outputs_do_not_shift_the_flags() -> None:
+    outputs = [None, "", "https://c.example/1.png", "data:x", "https://c.example/2.png"]
+    flags = [True, True, False, True, True]
+    event = normalize(body(outputs=outputs, has_nsfw_contents=flags))
+    assert [(o.url, o.nsfw) for o in event.outputs] == [
+        ("https://c.example/1.png", False),
+        ("https://c.example/2.png", True),
+    ]
+
+
+@pytest.mark.parametrize("outputs", [None, "https://c.example/1.png", {}, 5, [1, {}, []]])
+def test_odd_outputs_give_none(outputs: Any) -> None:
+    assert normalize(body(outputs=outputs)).outputs == []
+
+
+def test_presigned_output_gets_its_expiry() -> None:
+    url = (
+        "https://bucket.s3.amazonaws.com/o.mp4?X-Amz-Date=20250914T110000Z"
+        "&X-Amz-Expires=3600&X-Amz-Signature=abc"
+    )
+    event = normalize(body(outputs=[url]))
+    assert event.outputs[0].expires_at == datetime(2025, 9, 14, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "final"),
+    [
+        ("completed", "succeeded", True),
+        ("Completed", "succeeded", True),
+        ("failed", "failed", True),
+        ("FAILED", "failed", True),
+        ("cancelled", "cancelled", True),
+        ("canceled", "cancelled", True),
+        ("processing", "processing", False),
+        ("queued", "pending", False),
+        ("pending", "pending", False),
+        ("brand_new", "processing", False),
+    ],
+)
+def test_status_mapping(raw: str, status: str, final: bool) -> None:
+    event = normalize(body(status=raw))
+    assert (event.status, event.final, event.provider_status) == (status, final, raw)
+    assert event.dedupe_key == f"req-1:{raw.lower()}"
+
+
+def test_progress_only_when_given() -> None:
+    assert normalize(body(status="processing")).progress is None
+    assert normalize(body(status="processing", progress=33.4)).progress == 33
+    assert normalize(body()).progress == 100
+
+
+def test_request_id_names_the_task_when_id_is_missing() -> None:
+    payload = body(request_id="req-2")
+    del payload["id"]
+    assert normalize(payload).task_id == "req-2"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p.pop("id"), "id:"),
+        (lambda p: p.update(id=""), "id:"),
+        (lambda p: p.update(id=42), "id:"),
+        (lambda p: p.update(id=None, request_id=[1]), "id:"),
+        (lambda p: p.pop("status"), "status:"),
+        (lambda p: p.update(status=None), "status:"),
+        (lambda p: p.update(status=["completed"]), "status:"),
+    ],
+)
+def test_missing_required_field_names_it(mutate: Any, field: str) -> None:
+    payload = body()
+    mutate(payload)
+    with pytest.raises(PayloadError) as info:
+        normalize(payload)
+    assert info.value.reason.startswith(field), info.value.reason
+
+
+@pytest.mark.parametrize("payload", [[], "x", 3, None, True])
+def test_body_not_an_object(payload: Any) -> None:
+    with pytest.raises(PayloadError, match=r"^body"):
+        normalize(payload)
+
+
+@pytest.mark.parametrize(
+    ("error", "want"),
+    [
+        ("Failed to download image: 403 Forbidden", "Failed to download image: 403 Forbidden"),
+        ("  padded  ", "padded"),
+        ({"message": "as an object"}, "as an object"),
+    ],
+)
+def test_error_string(error: Any, want: str) -> None:
+    event = normalize(body(status="failed", error=error))
+    assert event.error is not None
+    assert (event.error.message, event.error.code) == (want, None)
+
+
+@pytest.mark.parametrize("error", [None, "", "   ", 7, [], {}, {"message": ""}])
+def test_no_error(error: Any) -> None:
+    assert normalize(body(error=error)).error is None
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [(6.84, 6.84), ("2.13", 2.13), (0, 0.0), (12, 12.0), (-1, None), ("<time>", None),
+     (None, None), (True, None), ([], None)],
+)  # fmt: skip
+def test_execution_time_is_seconds(value: Any, want: float | None) -> None:
+    assert normalize(body(executionTime=value)).duration_s == want
+
+
+def test_model_created_at_and_cost() -> None:
+    cost = {"amount_usd": 0.0042, "amount_credits": 1}
+    event = normalize(body(model="flux-dev", created_at="2025-09-14T10:21:07Z", cost=cost))
+    assert event.model == "flux-dev"
+    assert event.created_at == datetime(2025, 9, 14, 10, 21, 7, tzinfo=UTC)
+    assert event.usage == cost
+
+
+def test_odd_optional_fields_are_ignored() -> None:
+    event = normalize(body(model=3, created_at="whenever", cost=[1], urls="x", timings=None))
+    assert (event.model, event.created_at, event.usage) == (None, None, None)
+
+
+# -- property: any JSON gives an event or our payload error, nothing else ---------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+URLS = st.sampled_from(["https://c.example/a.png", "https://c.example/b.mp4", "", "x"]) | JSON
+PAYLOADS = JSON | st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=10) | JSON,
+        "request_id": st.text(max_size=10) | JSON,
+        "status": st.sampled_from(["completed", "failed", "processing", "Weird"]) | JSON,
+        "outputs": st.lists(URLS, max_size=4) | JSON,
+        "has_nsfw_contents": st.lists(st.booleans() | JSON, max_size=4) | JSON,
+        "error": JSON,
+        "executionTime": st.floats() | JSON,
+        "created_at": st.text(max_size=30) | st.integers() | JSON,
+        "progress": JSON,
+        "model": JSON,
+        "cost": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=PAYLOADS)
+def test_any_json_gives_event_or_payload_error(payload: Any) -> None:
+    try:
+        result = MuapiProvider().normalize(inbound(payload), payload, "ev-1")
+    except PayloadError:
+        return
+    assert isinstance(result, TaskEvent | Ignored)
+    if isinstance(result, TaskEvent):
+        # The event must survive the trip to JSON (the store and the webhook channel need it).
+        TaskEvent.model_validate_json(result.model_dump_json())
