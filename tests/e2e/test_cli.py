@@ -93,13 +93,16 @@ def test_check_on_the_shipped_rules_uses_the_defaults_and_says_so(tmp_path: Path
     r = relay(tmp_path, "check", "--rules", "rules")
     assert r.code == 0, r.err
     first = r.out.splitlines()[0]
-    assert first.startswith("rules OK: 2 source(s), 1 destination(s), 2 route(s)"), r.out
+    assert first.startswith("rules OK: 5 source(s), 1 destination(s), 2 route(s)"), r.out
     assert "rules/example.yaml" in first
     for variable in (
         "GOAPI_WEBHOOK_SECRET",
         "PIAPI_WEBHOOK_SECRET",
         "DOWNSTREAM_URL",
         "DOWNSTREAM_WHSEC",
+        "APIMART_HOOK_TOKEN",
+        "MUAPI_HOOK_TOKEN",
+        "NOVITA_HOOK_TOKEN",
     ):
         assert f"uses the default of ${{{variable}}}" in r.out
     # The notes name the variable, never the default's value (some are development secrets).
@@ -114,6 +117,9 @@ def test_check_with_the_variables_set_has_no_notes(tmp_path: Path) -> None:
         PIAPI_WEBHOOK_SECRET="prod-piapi",
         DOWNSTREAM_URL="https://down.example.com/relay",
         DOWNSTREAM_WHSEC=DOWN_SECRET,
+        APIMART_HOOK_TOKEN="prod-apimart-token",
+        MUAPI_HOOK_TOKEN="prod-muapi-token",
+        NOVITA_HOOK_TOKEN="prod-novita-token",
     )
     r = relay(tmp_path, "check", "--rules", "rules", env=env)
     assert r.code == 0, r.err

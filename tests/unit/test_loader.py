@@ -53,8 +53,8 @@ destinations:
 
 
 def test_shipped_rules_load_with_an_empty_environment() -> None:
-    loaded = load_rules(SHIPPED_RULES, {}, {"goapi", "piapi"})
-    assert set(loaded.rules.sources) == {"goapi", "piapi"}
+    loaded = load_rules(SHIPPED_RULES, {}, {"goapi", "piapi", "apimart", "muapi", "novita"})
+    assert set(loaded.rules.sources) == {"goapi", "piapi", "apimart", "muapi", "novita"}
     assert set(loaded.rules.destinations) == {"downstream"}
     assert loaded.rules.routes
     assert loaded.defaults_used  # the dev defaults are announced so `relay serve` can warn
