@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound
+from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -61,11 +62,19 @@ RESULT_KINDS: tuple[tuple[str, OutputKind], ...] = (
 # Where the task id can sit: ``id`` on the task APIMart pushes, ``task_id`` on its submit answers.
 ID_KEYS: tuple[str, ...] = ("id", "task_id")
 
+DEFAULT_API_URL = "https://api.apimart.ai"
+
+# ``code`` values of a status answer that mean the trouble is ours or APIMart's, not the task's
+# (our key refused, rate limited, or a server error): the cross-check answers 503, never 401.
+_UNAVAILABLE_CODES: frozenset[int] = frozenset({401, 403, 429})
+
 
 class ApimartProvider:
     """The adapter for APIMart task callbacks."""
 
     name = "apimart"
+    # GET /v1/tasks/{id} with ``Authorization: Bearer <key>``.
+    default_api_url = DEFAULT_API_URL
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A URL token is required; a secret is refused because nothing would ever check it."""
@@ -86,6 +95,48 @@ class ApimartProvider:
         """
         if inbound.config.token is None:
             raise VerificationError("source: APIMart needs a token in its URL")
+
+    def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
+        """GET {api_url}/v1/tasks/{task_id} with our key as a Bearer token."""
+        base = config.api_url or self.default_api_url
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        return StatusRequest(
+            f"{base}/v1/tasks/{quote(task_id, safe='')}", {"Authorization": f"Bearer {key}"}
+        )
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        """What ``GET /v1/tasks/{id}`` says, as an event with the callback's identity.
+
+        APIMart documents the answer as ``{"code": 200, "data": <task>}``, the same task object
+        its callbacks carry (a bare task is read too, as in ``normalize``). A ``code`` of 404 or
+        any other client error, no ``data``, or a task with another id means no such task
+        (None); a code saying our key was refused, a rate limit or a server error is
+        PayloadError, so the cross-check answers 503 and APIMart sends the callback again.
+        """
+        if not isinstance(body, dict):
+            raise PayloadError("body: not a JSON object")
+        code = _answer_code(body.get("code"))
+        if code is not None and (code in _UNAVAILABLE_CODES or code >= 500):
+            raise PayloadError(f"code: {code}, APIMart could not look the task up")
+        if code is not None and not 200 <= code < 300:
+            return None
+        task = get_dict(body, "data") if "data" in body else body
+        if task is None or (_task_id(task) is None and get_str(task, "status") is None):
+            return None
+        found = _task_id(task)
+        if found is None:
+            # A task without its id is still the one we asked for: the URL named it.
+            task["id"] = callback.task_id
+        elif found != callback.task_id:
+            return None
+        # The answer itself becomes ``raw``, unless its top level would hide the task.
+        payload = body if _task(body) is task else {"code": 200, "data": task}
+        trusted = self.normalize(inbound, payload, callback.id)
+        if isinstance(trusted, Ignored):
+            return None
+        return trusted.model_copy(
+            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
+        )
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn an APIMart callback, wrapped in ``{code, data}`` or bare, into a TaskEvent.
@@ -151,6 +202,12 @@ def _task_id(task: dict[str, Any]) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
     return None
+
+
+def _answer_code(value: Any) -> int | None:
+    """A status answer's ``code`` as a number; absent or unreadable is None (read as 200)."""
+    number = as_float(value)
+    return int(number) if number is not None and number.is_integer() else None
 
 
 def _progress(value: Any, status: Status) -> int | None:

@@ -12,12 +12,13 @@ timings}``. ``outputs`` are bare URLs with no media kind, so the kind comes from
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Output, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound
+from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -50,11 +51,15 @@ STATUS_MAP: dict[str, Status] = {
 # ``id`` on the webhook body and the result endpoint, ``request_id`` on the submit answer.
 ID_KEYS: tuple[str, ...] = ("id", "request_id")
 
+DEFAULT_API_URL = "https://api.muapi.ai"
+
 
 class MuapiProvider:
     """The adapter for MuAPI prediction callbacks."""
 
     name = "muapi"
+    # GET /api/v1/predictions/{id}/result with ``x-api-key``.
+    default_api_url = DEFAULT_API_URL
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A URL token is required; a secret is refused because nothing would ever check it."""
@@ -74,6 +79,44 @@ class MuapiProvider:
         """
         if inbound.config.token is None:
             raise VerificationError("source: MuAPI needs a token in its URL")
+
+    def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
+        """GET {api_url}/api/v1/predictions/{task_id}/result with our x-api-key."""
+        base = config.api_url or self.default_api_url
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        return StatusRequest(
+            f"{base}/api/v1/predictions/{quote(task_id, safe='')}/result", {"x-api-key": key}
+        )
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        """What ``GET /api/v1/predictions/{id}/result`` says, with the callback's identity.
+
+        MuAPI documents the answer as the prediction object its webhook POSTs (``{id, status,
+        outputs, has_nsfw_contents, error, cost, ...}``); some of its examples leave ``id`` out,
+        and then the id we asked for is the one answered. A ``{code, data}`` wrapper (as on
+        sibling APIs) is unwrapped. An answer with neither id nor status (an error body), or
+        for another id, means no such task (None); one with an id but no status is PayloadError.
+        """
+        if not isinstance(body, dict):
+            raise PayloadError("body: not a JSON object")
+        prediction = body
+        data = get_dict(body, "data")
+        if _task_id(body) is None and get_str(body, "status") is None and data is not None:
+            prediction = data
+        found = _task_id(prediction)
+        if found is None:
+            if get_str(prediction, "status") is None:
+                return None
+            # A prediction without its id is still the one we asked for: the URL named it.
+            prediction["id"] = callback.task_id
+        elif found != callback.task_id:
+            return None
+        trusted = self.normalize(inbound, prediction, callback.id)
+        if isinstance(trusted, Ignored):
+            return None
+        return trusted.model_copy(
+            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
+        )
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn a MuAPI callback into a TaskEvent.

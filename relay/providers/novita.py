@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound
+from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     REDACTED,
     as_float,
@@ -51,6 +52,8 @@ MEDIA_LISTS: tuple[tuple[str, str, str, OutputKind], ...] = (
 # one would overflow datetime arithmetic.
 _MAX_TTL_S = 10 * 365 * 86400
 
+DEFAULT_API_URL = "https://api.novita.ai"
+
 # Where our hook URL sits in a path: /hooks/{source}/{token}[/callback].
 _HOOKS_SEGMENT = "hooks"
 
@@ -63,6 +66,8 @@ class NovitaProvider:
     """
 
     name = "novita"
+    # GET /v3/async/task-result?task_id={id} with ``Authorization: Bearer <key>``.
+    default_api_url = DEFAULT_API_URL
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A token is required; a secret is refused because nothing would ever check it."""
@@ -88,6 +93,44 @@ class NovitaProvider:
             raise VerificationError("source: a Novita source needs a token")
         if not secrets_equal(token.get_secret_value(), inbound.path_token):
             raise VerificationError("token does not match")
+
+    def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
+        """GET {api_url}/v3/async/task-result?task_id={task_id} with our key as a Bearer
+        token; the id is encoded into the query string."""
+        base = config.api_url or self.default_api_url
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        query = urlencode({"task_id": task_id})
+        return StatusRequest(
+            f"{base}/v3/async/task-result?{query}", {"Authorization": f"Bearer {key}"}
+        )
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        """What the Task Result API says, as an event with the callback's identity.
+
+        Novita documents the answer as ``{task, images, videos, audios, extra}``: exactly the
+        ``payload`` its ``ASYNC_TASK_RESULT`` webhook wraps, so it is wrapped the same way and
+        read by ``normalize`` (which also scrubs our token from an echoed hook URL in ``raw``).
+        An answer without a ``task`` object (an error body) or for another task id means no
+        such task (None).
+        """
+        if not isinstance(body, dict):
+            raise PayloadError("body: not a JSON object")
+        task = get_dict(body, "task")
+        if task is None:
+            return None
+        found = get_str(task, "task_id")
+        if found is not None and found != callback.task_id:
+            return None
+        if found is None:
+            # A task without its id is still the one we asked for: the URL named it.
+            task["task_id"] = callback.task_id
+        wrapped = {"event_type": RESULT_EVENT, "payload": body}
+        trusted = self.normalize(inbound, wrapped, callback.id)
+        if isinstance(trusted, Ignored):
+            return None
+        return trusted.model_copy(
+            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
+        )
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn an ``ASYNC_TASK_RESULT`` body into a TaskEvent; ignore other event types.

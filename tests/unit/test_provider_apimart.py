@@ -448,3 +448,94 @@ def test_any_json_gives_event_or_payload_error(payload: Any) -> None:
     if isinstance(result, TaskEvent):
         # The event must survive the trip to JSON (the store and the webhook channel need it).
         TaskEvent.model_validate_json(result.model_dump_json())
+
+
+# -- the status API (verify: fetch) -----------------------------------------------------------
+
+
+def callback_event(task_id: str = "task_1") -> TaskEvent:
+    event = normalize(wrapped(id=task_id))
+    assert event.final
+    return event
+
+
+def test_is_a_status_lookup() -> None:
+    from relay.providers.base import StatusLookup
+
+    assert isinstance(ApimartProvider(), StatusLookup)
+    assert ApimartProvider.default_api_url == "https://api.apimart.ai"
+
+
+def test_status_request_uses_the_default_api_and_a_bearer_key() -> None:
+    request = ApimartProvider().status_request(config(api_key=SecretStr("k-1")), "task_01K")
+    assert request.url == "https://api.apimart.ai/v1/tasks/task_01K"
+    assert dict(request.headers) == {"Authorization": "Bearer k-1"}
+
+
+def test_status_request_quotes_the_task_id_into_the_configured_api_url() -> None:
+    cfg = config(api_key=SecretStr("k-1"), api_url="http://127.0.0.1:9999")
+    request = ApimartProvider().status_request(cfg, "../../admin?x=1#y")
+    assert request.url == "http://127.0.0.1:9999/v1/tasks/..%2F..%2Fadmin%3Fx%3D1%23y"
+
+
+def test_from_status_is_what_the_provider_says_with_the_callbacks_identity() -> None:
+    callback = callback_event()
+    answer = wrapped(result={"images": [{"url": ["https://cdn.example/true.png"]}]})
+    trusted = ApimartProvider().from_status(inbound(answer), answer, callback)
+    assert trusted is not None
+    assert [o.url for o in trusted.outputs] == ["https://cdn.example/true.png"]
+    assert (trusted.id, trusted.dedupe_key, trusted.received_at) == (
+        callback.id,
+        callback.dedupe_key,
+        callback.received_at,
+    )
+    assert trusted.raw == answer
+
+
+def test_from_status_reads_a_bare_task_and_one_without_its_id() -> None:
+    callback = callback_event()
+    bare = task(status="processing")
+    trusted = ApimartProvider().from_status(inbound(bare), bare, callback)
+    assert trusted is not None and trusted.status == "processing"
+    anonymous = {"code": 200, "data": {"status": "completed"}}
+    trusted = ApimartProvider().from_status(inbound(anonymous), anonymous, callback)
+    assert trusted is not None and trusted.task_id == "task_1"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"code": 404, "message": "task not found"},
+        {"code": "404", "data": None},
+        {"code": 400, "error": {"message": "invalid task id"}},
+        {"code": 200},
+        {"code": 200, "data": None},
+        {"code": 200, "data": {}},
+        {"error": {"code": 404, "message": "not found", "type": "not_found"}},
+        wrapped(id="task_other"),
+    ],
+)
+def test_from_status_none_when_the_answer_names_no_such_task(answer: Any) -> None:
+    assert ApimartProvider().from_status(inbound(answer), answer, callback_event()) is None
+
+
+@pytest.mark.parametrize(
+    "answer", [[], "x", None, {"code": 500, "message": "busy"}, {"code": 401}, {"code": 429}]
+)
+def test_from_status_payload_error_when_no_answer_can_be_read(answer: Any) -> None:
+    with pytest.raises(PayloadError):
+        ApimartProvider().from_status(inbound(answer), answer, callback_event())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=PAYLOADS)
+def test_from_status_any_json_gives_event_none_or_payload_error(answer: Any) -> None:
+    callback = callback_event()
+    try:
+        result = ApimartProvider().from_status(inbound(answer), answer, callback)
+    except PayloadError:
+        return
+    if result is not None:
+        assert result.task_id == callback.task_id
+        assert result.dedupe_key == callback.dedupe_key
+        TaskEvent.model_validate_json(result.model_dump_json())

@@ -349,3 +349,85 @@ def test_any_json_gives_event_or_payload_error(payload: Any) -> None:
     if isinstance(result, TaskEvent):
         # The event must survive the trip to JSON (the store and the webhook channel need it).
         TaskEvent.model_validate_json(result.model_dump_json())
+
+
+# -- the status API (verify: fetch) -----------------------------------------------------------
+
+
+def callback_event(task_id: str = "req-1") -> TaskEvent:
+    event = normalize(body(id=task_id))
+    assert event.final
+    return event
+
+
+def test_is_a_status_lookup() -> None:
+    from relay.providers.base import StatusLookup
+
+    assert isinstance(MuapiProvider(), StatusLookup)
+    assert MuapiProvider.default_api_url == "https://api.muapi.ai"
+
+
+def test_status_request_uses_the_default_api_and_x_api_key() -> None:
+    request = MuapiProvider().status_request(config(api_key=SecretStr("k-1")), "a3f6-7b4d")
+    assert request.url == "https://api.muapi.ai/api/v1/predictions/a3f6-7b4d/result"
+    assert dict(request.headers) == {"x-api-key": "k-1"}
+
+
+def test_status_request_quotes_the_task_id_into_the_configured_api_url() -> None:
+    cfg = config(api_key=SecretStr("k-1"), api_url="http://127.0.0.1:9999")
+    request = MuapiProvider().status_request(cfg, "../../admin?x=1")
+    assert request.url == (
+        "http://127.0.0.1:9999/api/v1/predictions/..%2F..%2Fadmin%3Fx%3D1/result"
+    )
+
+
+def test_from_status_is_what_the_provider_says_with_the_callbacks_identity() -> None:
+    callback = callback_event()
+    answer = body(outputs=["https://cdn.example/true.png"], cost={"amount_usd": 0.01})
+    trusted = MuapiProvider().from_status(inbound(answer), answer, callback)
+    assert trusted is not None
+    assert [o.url for o in trusted.outputs] == ["https://cdn.example/true.png"]
+    assert trusted.usage == {"amount_usd": 0.01}
+    assert (trusted.id, trusted.dedupe_key, trusted.received_at) == (
+        callback.id,
+        callback.dedupe_key,
+        callback.received_at,
+    )
+
+
+def test_from_status_reads_an_answer_without_id_and_a_wrapped_one() -> None:
+    callback = callback_event()
+    anonymous = {"status": "processing", "outputs": []}
+    trusted = MuapiProvider().from_status(inbound(anonymous), anonymous, callback)
+    assert trusted is not None and (trusted.task_id, trusted.status) == ("req-1", "processing")
+    wrapped = {"code": 200, "data": body()}
+    trusted = MuapiProvider().from_status(inbound(wrapped), wrapped, callback)
+    assert trusted is not None and trusted.status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"detail": "Prediction not found"}, {}, {"code": 404, "data": None}, body(id="req-other")],
+)
+def test_from_status_none_when_the_answer_names_no_such_task(answer: Any) -> None:
+    assert MuapiProvider().from_status(inbound(answer), answer, callback_event()) is None
+
+
+@pytest.mark.parametrize("answer", [[], "x", None, {"id": "req-1"}])
+def test_from_status_payload_error_when_no_answer_can_be_read(answer: Any) -> None:
+    with pytest.raises(PayloadError):
+        MuapiProvider().from_status(inbound(answer), answer, callback_event())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=PAYLOADS)
+def test_from_status_any_json_gives_event_none_or_payload_error(answer: Any) -> None:
+    callback = callback_event()
+    try:
+        result = MuapiProvider().from_status(inbound(answer), answer, callback)
+    except PayloadError:
+        return
+    if result is not None:
+        assert result.task_id == callback.task_id
+        assert result.dedupe_key == callback.dedupe_key
+        TaskEvent.model_validate_json(result.model_dump_json())

@@ -524,3 +524,111 @@ def test_any_json_gives_event_ignored_or_payload_error(payload: Any) -> None:
         assert TOKEN not in json.dumps(result.raw["payload"].get("extra"), default=str)
     else:
         assert payload == snapshot
+
+
+# -- the status API (verify: fetch) -----------------------------------------------------------
+
+
+def api_config(**changes: Any) -> SourceConfig:
+    values: dict[str, Any] = {"provider": "novita", "token": SecretStr(TOKEN)}
+    values.update(changes)
+    return SourceConfig(**values)
+
+
+def callback_event() -> TaskEvent:
+    event = normalize(minimal())
+    assert event.final
+    return event
+
+
+def answer_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """The Task Result API's answer: what the webhook carries under ``payload``."""
+    answer: dict[str, Any] = copy.deepcopy(payload["payload"])
+    return answer
+
+
+def test_is_a_status_lookup() -> None:
+    from relay.providers.base import StatusLookup
+
+    assert isinstance(NovitaProvider(), StatusLookup)
+    assert NovitaProvider.default_api_url == "https://api.novita.ai"
+
+
+def test_status_request_uses_the_default_api_and_a_bearer_key() -> None:
+    request = NovitaProvider().status_request(api_config(api_key=SecretStr("k-1")), "f6ae-2e81")
+    assert request.url == "https://api.novita.ai/v3/async/task-result?task_id=f6ae-2e81"
+    assert dict(request.headers) == {"Authorization": "Bearer k-1"}
+
+
+def test_status_request_encodes_the_task_id_into_the_query_of_the_configured_api() -> None:
+    cfg = api_config(api_key=SecretStr("k-1"), api_url="http://127.0.0.1:9999")
+    request = NovitaProvider().status_request(cfg, "a&task_id=b#c d/e")
+    assert request.url == (
+        "http://127.0.0.1:9999/v3/async/task-result?task_id=a%26task_id%3Db%23c+d%2Fe"
+    )
+
+
+def test_from_status_is_what_the_provider_says_with_the_callbacks_identity() -> None:
+    callback = callback_event()
+    answer = answer_of(minimal(images=[{"image_url": "https://cdn.example/true.png"}]))
+    trusted = NovitaProvider().from_status(inbound(answer), answer, callback)
+    assert trusted is not None
+    assert [o.url for o in trusted.outputs] == ["https://cdn.example/true.png"]
+    assert (trusted.id, trusted.dedupe_key, trusted.received_at) == (
+        callback.id,
+        callback.dedupe_key,
+        callback.received_at,
+    )
+    assert trusted.raw["event_type"] == "ASYNC_TASK_RESULT"
+
+
+def test_from_status_scrubs_our_token_from_an_echoed_hook_url() -> None:
+    hook = f"https://relay.example/hooks/novita-main/{TOKEN}?token={TOKEN}"
+    answer = answer_of(minimal(extra={"webhook": {"url": hook}}))
+    trusted = NovitaProvider().from_status(inbound(answer), answer, callback_event())
+    assert trusted is not None
+    assert TOKEN not in json.dumps(trusted.raw)
+    assert trusted.raw["payload"]["extra"]["webhook"]["url"] == (
+        "https://relay.example/hooks/novita-main/[redacted]?token=[redacted]"
+    )
+
+
+def test_from_status_reads_a_task_without_its_id() -> None:
+    answer = answer_of(minimal("TASK_STATUS_PROCESSING"))
+    del answer["task"]["task_id"]
+    trusted = NovitaProvider().from_status(inbound(answer), answer, callback_event())
+    assert trusted is not None and (trusted.task_id, trusted.final) == ("t-1", False)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"code": 404, "reason": "TASK_NOT_FOUND", "message": "task not found"},
+        {},
+        {"task": None},
+        answer_of(minimal(task={"task_id": "t-other"})),
+    ],
+)
+def test_from_status_none_when_the_answer_names_no_such_task(answer: Any) -> None:
+    assert NovitaProvider().from_status(inbound(answer), answer, callback_event()) is None
+
+
+@pytest.mark.parametrize("answer", [[], "x", None, {"task": {"task_id": "t-1"}}])
+def test_from_status_payload_error_when_no_answer_can_be_read(answer: Any) -> None:
+    with pytest.raises(PayloadError):
+        NovitaProvider().from_status(inbound(answer), answer, callback_event())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=BODY | JSON)
+def test_from_status_any_json_gives_event_none_or_payload_error(answer: Any) -> None:
+    callback = callback_event()
+    try:
+        result = NovitaProvider().from_status(inbound(answer), answer, callback)
+    except PayloadError:
+        return
+    if result is not None:
+        assert result.task_id == callback.task_id
+        assert result.dedupe_key == callback.dedupe_key
+        TaskEvent.model_validate_json(result.model_dump_json())
+        assert TOKEN not in json.dumps(result.raw["payload"].get("extra"), default=str)
