@@ -1,6 +1,6 @@
 """App-level CPU per callback: relay's ASGI app next to the bare Starlette endpoint.
 
-    python benchmarks/app_cost.py [--requests 4000] [--repeat 5]
+    python benchmarks/app_cost.py [--requests 4000] [--repeat 5] [--only relay|bare]
 
 Calls each ASGI app directly in this process (no sockets, no HTTP parsing), 32 requests in
 flight so relay's group commit batches as it does under load, with distinct GoAPI callbacks,
@@ -41,6 +41,7 @@ routes:
   - to: [down]
 """
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+DEFAULT_DB = "sqlite:///{tmp}/relay.db"
 
 
 def bodies(n: int, tag: str) -> list[bytes]:
@@ -132,26 +133,42 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--only", choices=("relay", "bare"), help="measure one app (e.g. under a profiler)"
+    )
+    ap.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="relay's database URL ({tmp} is a fresh directory), e.g. memory:// to see what "
+        "the store costs, or sqlite:///{tmp}/relay.db?synchronous=NORMAL",
+    )
     args = ap.parse_args()
     logging.basicConfig(level="WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules"
         rules.mkdir()
         (rules / "bench.yaml").write_text(RULES)
-        bare = await cost("bare", bare_app, args.requests, args.repeat)
-        relay_app = create_app(
-            Settings(rules=rules, db=f"sqlite:///{tmp}/relay.db", dispatch=False)
-        )
-        stop = await started(relay_app)
-        try:
-            relay = await cost("relay", relay_app, args.requests, args.repeat)
-        finally:
-            await stop()
+        bare = relay = None
+        if args.only != "relay":
+            bare = await cost("bare", bare_app, args.requests, args.repeat)
+        if args.only != "bare":
+            relay_app = create_app(
+                Settings(rules=rules, db=args.db.format(tmp=tmp), dispatch=False)
+            )
+            stop = await started(relay_app)
+            try:
+                relay = await cost("relay", relay_app, args.requests, args.repeat)
+            finally:
+                await stop()
     print("| app | CPU µs per callback (min of repeats) |")
     print("|---|---|")
-    print(f"| bare Starlette endpoint | {bare:.0f} |")
-    print(f"| relay (SQLite, synchronous=FULL) | {relay:.0f} |")
-    print(f"\nrelay costs {relay / bare:.1f}x the bare endpoint's app-level CPU")
+    if bare is not None:
+        print(f"| bare Starlette endpoint | {bare:.0f} |")
+    if relay is not None:
+        label = "SQLite, synchronous=FULL" if args.db == DEFAULT_DB else args.db.format(tmp="…")
+        print(f"| relay ({label}) | {relay:.0f} |")
+    if bare is not None and relay is not None:
+        print(f"\nrelay costs {relay / bare:.1f}x the bare endpoint's app-level CPU")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from relay.errors import PayloadError
 
 
@@ -15,25 +17,55 @@ def _no_constant(name: str) -> Any:
 # Built once: json.loads with any keyword builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
+# One pass over the body (bytes.translate) gives its shape, which answers two questions without
+# parsing: how many containers it opens (an upper bound on its depth), and whether it holds a
+# run of 19 or more digits. orjson reads integers beyond 64 bits as floats, where the stdlib
+# keeps them exact; such a number has that many digits in a row, so those bodies (rare: long
+# ids, big numbers) go to the stdlib parser.
+_SHAPE = bytes(
+    0x30 if 0x30 <= byte <= 0x39 else 0x5B if byte in b"[{" else 0x20 for byte in range(256)
+)
+_LONG_NUMBER = b"0" * 19
+
 
 def parse_json(body: bytes, max_depth: int) -> Any:
     """Parse a JSON body. Any problem, including nesting deeper than ``max_depth``, is a
-    PayloadError naming it."""
+    PayloadError naming it.
+
+    orjson parses the usual body, about three times as fast as the stdlib; whatever it refuses
+    (invalid JSON, but also what the stdlib accepts: a BOM, lone surrogates, numbers too big
+    for a double) is parsed again by the stdlib, which decides and names the problem. Both give
+    the same values for every body that reaches orjson.
+    """
     if not body.strip():
         raise PayloadError("body is empty; expected a JSON object")
+    shape = body.translate(_SHAPE)
+    value = _parse(body, max_depth, stdlib=_LONG_NUMBER in shape)
+    # Most bodies hold fewer containers than the limit and need no walk at all.
+    if shape.count(b"[") > max_depth:
+        _check_depth(value, max_depth)
+    return value
+
+
+def _parse(body: bytes, max_depth: int, *, stdlib: bool) -> Any:
+    if not stdlib:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the stdlib decides, and names the problem
+    return _parse_stdlib(body, max_depth)
+
+
+def _parse_stdlib(body: bytes, max_depth: int) -> Any:
     try:
         # The C parser guards its own recursion (RecursionError at about 1,000 levels).
-        value = _DECODER.decode(body.decode("utf-8-sig"))
+        return _DECODER.decode(body.decode("utf-8-sig"))
     except RecursionError:
         raise PayloadError(f"JSON is nested deeper than {max_depth} levels") from None
     except UnicodeDecodeError:
         raise PayloadError("body is not UTF-8 text") from None
     except ValueError as exc:
         raise PayloadError(f"invalid JSON: {exc}") from None
-    # Most bodies hold fewer containers than the limit and need no walk at all.
-    if body.count(b"[") + body.count(b"{") > max_depth:
-        _check_depth(value, max_depth)
-    return value
 
 
 def _check_depth(value: Any, max_depth: int) -> None:

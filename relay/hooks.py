@@ -30,6 +30,8 @@ log = logging.getLogger("relay.hooks")
 
 PREFIX = "/hooks/"
 _JSON = (b"content-type", b"application/json")
+# Built once: json.dumps with any keyword builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class Disconnected(Exception):
@@ -149,7 +151,7 @@ async def respond(
     payload: dict[str, Any],
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = _ENCODER.encode(payload).encode()
     await send(
         {
             "type": "http.response.start",

@@ -24,4 +24,5 @@ class IdFactory:
 
     def __call__(self, prefix: str) -> str:
         millis = int(self._clock() * 1000) & 0xFFFF_FFFF_FFFF
-        return f"{prefix}_{millis:012x}{self._rng.getrandbits(80):020x}"
+        # One 128-bit number, the 12 hex digits of the time then the 20 of the random part.
+        return f"{prefix}_{(millis << 80) | self._rng.getrandbits(80):032x}"

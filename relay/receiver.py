@@ -6,8 +6,8 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from relay.bodies import parse_json
 from relay.crosscheck import CrossChecker
@@ -27,15 +27,15 @@ from relay.store.base import NewDelivery, Store
 log = logging.getLogger("relay.receiver")
 
 
-@dataclass(frozen=True)
-class Accepted:
+# NamedTuples rather than frozen dataclasses: as immutable, and built several times faster,
+# which counts on a path every callback takes.
+class Accepted(NamedTuple):
     event_id: str
     duplicate: bool
     deliveries: int
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """What the endpoint read off the wire."""
 
     source: str
@@ -127,14 +127,15 @@ class Receiver:
         stored = await self._store.ingest(result, deliveries)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()
-        log.info(
-            "%s %s task %s %s: %s",
-            "duplicate" if stored.duplicate else "accepted",
-            result.source,
-            result.task_id,
-            result.status,
-            ", ".join(t.destination for t in targets) or "no route",
-        )
+        if log.isEnabledFor(logging.INFO):  # the line's arguments cost a share of a callback
+            log.info(
+                "%s %s task %s %s: %s",
+                "duplicate" if stored.duplicate else "accepted",
+                result.source,
+                result.task_id,
+                result.status,
+                ", ".join(t.destination for t in targets) or "no route",
+            )
         return Accepted(stored.event_id, stored.duplicate, 0 if stored.duplicate else len(targets))
 
 

@@ -8,8 +8,10 @@ an exception, so an adapter built from these helpers cannot leak a KeyError or V
 from __future__ import annotations
 
 import hmac
+import itertools
 import math
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -34,6 +36,20 @@ SENSITIVE_KEYS: frozenset[str] = frozenset(
     }
 )
 
+
+def _spellings(key: str) -> Iterator[str]:
+    """``key`` with "-" or "_" at each of its separators."""
+    parts = key.split("_")
+    for seps in itertools.product("_-", repeat=len(parts) - 1):
+        yield parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:], strict=True))
+
+
+# A key is sensitive when its lower-case form is one of these: one set look-up per key on the
+# redaction walk, which runs on every callback.
+_SENSITIVE_SPELLINGS: frozenset[str] = frozenset(
+    spelling for key in SENSITIVE_KEYS for spelling in _spellings(key)
+)
+
 KIND_BY_EXTENSION: dict[str, OutputKind] = {
     **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "avif", "heic"), "image"),
     **dict.fromkeys(("mp4", "mov", "webm", "mkv", "avi", "m4v"), "video"),
@@ -50,6 +66,8 @@ _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 # S3 caps presigned URLs at 7 days; anything far beyond is not a real expiry, and an unbounded
 # value would overflow datetime arithmetic.
 _MAX_EXPIRES_S = 10 * 365 * 86400
+# isinstance() with a tuple: ``int | float`` would build a union object on every call.
+_NUMBER = (int, float)
 
 
 def secrets_equal(expected: str, given: str | None) -> bool:
@@ -69,25 +87,29 @@ def parse_time(value: Any) -> datetime | None:
     UTC), unix seconds as int, float or numeric string, and unix milliseconds (values over 1e12).
     Go's zero time (year 1), empty values, zero and anything unparseable give ``None``.
     """
+    # Strings first: most providers send ISO 8601 text.
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        # A plain number holds neither "-" nor ":", and nearly every ISO time holds one: those
+        # skip the regex.
+        if "-" not in text and ":" not in text and _UNSIGNED.fullmatch(text):
+            seconds = as_float(text)
+            return None if seconds is None else _from_unix(seconds)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return _aware_utc(parsed)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, datetime):
         return _aware_utc(value)
-    if isinstance(value, int | float) or (
-        isinstance(value, str) and _UNSIGNED.fullmatch(value.strip())
-    ):
+    if isinstance(value, _NUMBER):
         seconds = as_float(value)
         return None if seconds is None else _from_unix(seconds)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return _aware_utc(parsed)
+    return None
 
 
 def _from_unix(seconds: float) -> datetime | None:
@@ -153,7 +175,7 @@ def kind_from_url(url: Any) -> OutputKind:
 
 def is_sensitive_key(key: Any) -> bool:
     """Whether a JSON key names a credential whose value must never be shown."""
-    return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
+    return isinstance(key, str) and key.lower() in _SENSITIVE_SPELLINGS
 
 
 def redact(payload: Any) -> Any:
@@ -186,9 +208,7 @@ def redact_in_place(payload: Any) -> Any:
                 if isinstance(item, dict):
                     stack.append((item, False))
                     continue
-                key_sensitive = (
-                    isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
-                )
+                key_sensitive = isinstance(key, str) and key.lower() in _SENSITIVE_SPELLINGS
                 if isinstance(item, list):
                     stack.append((item, key_sensitive))
                 elif key_sensitive and _is_secret_value(item):
@@ -259,7 +279,7 @@ def _redact_iterative(payload: Any) -> Any:
 def _is_secret_value(value: Any) -> bool:
     if isinstance(value, str):
         return value != ""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
 def get_dict(obj: Any, key: str) -> dict[str, Any] | None:
@@ -277,8 +297,8 @@ def get_list(obj: Any, key: str) -> list[Any] | None:
 def get_str(obj: Any, key: str) -> str | None:
     """``obj[key]`` stripped, when it is a string with some non-blank text, else ``None``."""
     value = obj.get(key) if isinstance(obj, dict) else None
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+    if isinstance(value, str):
+        return value.strip() or None
     return None
 
 
@@ -305,7 +325,7 @@ def as_float(value: Any) -> float | None:
         if not _SIGNED.fullmatch(text):
             return None
         value = text
-    elif not isinstance(value, int | float):
+    elif not isinstance(value, _NUMBER):
         return None
     try:
         number = float(value)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
-from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.events import FINAL_STATUSES, OutputKind, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
@@ -150,8 +150,8 @@ class UnifiedProvider:
         if not isinstance(payload, dict):
             raise PayloadError("body: not a JSON object")
         timestamp = _checked_timestamp(payload, inbound)
-        data = get_dict(payload, "data")
-        if data is None:
+        data = payload.get("data")
+        if not isinstance(data, dict):
             raise PayloadError("data: missing or not an object")
         task_id = get_str(data, "task_id")
         if task_id is None:
@@ -161,47 +161,48 @@ class UnifiedProvider:
             raise PayloadError("data.status: missing or not a string")
         # Unknown statuses are new intermediate states more often than new final ones: treating
         # them as progress never closes a task by mistake.
-        status = STATUS_MAP.get(provider_status.lower(), "processing")
+        lowered = provider_status.lower()
+        status = STATUS_MAP.get(lowered, "processing")
 
         output = data.get("output")
-        meta = get_dict(data, "meta")
-        created_at = parse_time(_get(meta, "created_at"))
-        finished_at = parse_time(_get(meta, "ended_at"))
+        meta = data.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
+        created_at = parse_time(meta.get("created_at"))
+        finished_at = parse_time(meta.get("ended_at"))
+        error = data.get("error")
+        # One validation of the whole event, outputs included, rather than one per model.
+        fields: dict[str, Any] = {
+            "id": event_id,
+            "source": inbound.source,
+            "provider": self.name,
+            "task_id": task_id,
+            "dedupe_key": f"{task_id}:{lowered}:{timestamp}",
+            "model": get_str(data, "model"),
+            "task_type": get_str(data, "task_type"),
+            "prompt": _prompt(data),
+            "status": status,
+            "provider_status": provider_status,
+            "progress": _progress(output, status),
+            "final": status in FINAL_STATUSES,
+            "outputs": _OutputCollector().collect(output) if output else [],
+            "error": _error(error) if error else None,
+            "created_at": created_at,
+            "started_at": parse_time(meta.get("started_at")),
+            "finished_at": finished_at,
+            "duration_s": _duration(created_at, finished_at),
+            "received_at": inbound.received_at,
+            "usage": get_dict(meta, "usage"),
+            # Last: it consumes the payload, every field above is read already.
+            "raw": redact_in_place(payload),
+        }
         try:
-            return TaskEvent(
-                id=event_id,
-                source=inbound.source,
-                provider=self.name,
-                task_id=task_id,
-                dedupe_key=f"{task_id}:{provider_status.lower()}:{timestamp}",
-                model=get_str(data, "model"),
-                task_type=get_str(data, "task_type"),
-                prompt=_prompt(data),
-                test=False,
-                status=status,
-                provider_status=provider_status,
-                progress=_progress(output, status),
-                final=status in FINAL_STATUSES,
-                outputs=_OutputCollector().collect(output),
-                error=_error(data.get("error")),
-                created_at=created_at,
-                started_at=parse_time(_get(meta, "started_at")),
-                finished_at=finished_at,
-                duration_s=_duration(created_at, finished_at),
-                received_at=inbound.received_at,
-                usage=get_dict(meta, "usage"),
-                # Last: it consumes the payload, every field above is read already.
-                raw=redact_in_place(payload),
-            )
+            return TaskEvent.model_validate(fields)
         except ValidationError as exc:
             # Our own readers should only pass valid values; if one slips through, the caller
             # still gets a 400 naming the field, not a 500.
             where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
             raise PayloadError(f"{where or 'body'}: not a valid value") from exc
-
-
-def _get(obj: dict[str, Any] | None, key: str) -> Any:
-    return obj.get(key) if obj is not None else None
 
 
 def _checked_timestamp(payload: dict[str, Any], inbound: Inbound) -> str:
@@ -279,25 +280,36 @@ def _duration(created_at: datetime | None, finished_at: datetime | None) -> floa
 
 
 class _OutputCollector:
-    """Reads every output shape of the unified schema, keeping each URL once."""
+    """Reads every output shape of the unified schema, keeping each URL once.
+
+    Outputs are collected as the fields of ``Output`` models, validated with the event.
+    """
 
     def __init__(self) -> None:
-        self.outputs: list[Output] = []
+        self.outputs: list[dict[str, Any]] = []
         self._seen: set[str] = set()
 
-    def collect(self, output: Any) -> list[Output]:
+    def collect(self, output: Any) -> list[dict[str, Any]]:
         """All outputs in ``data.output``: a list is Suno's clips, a dict any other model."""
         if isinstance(output, list):
             self._clips(output)
         elif isinstance(output, dict):
-            self._luma(output)
-            self._kling(output)
+            # Each reader only runs when its key is there: an output holds a few of them.
+            if "generation" in output:
+                self._luma(output)
+            if "works" in output:
+                self._kling(output)
             self._images(output)
-            self._three_d(output)
-            self._text(output)
-            self._object_video(output)
+            if "model_file" in output or "combined_video" in output:
+                self._three_d(output)
+            if "text" in output:
+                self._text(output)
+            if "video" in output:
+                self._object_video(output)
             for key, kind in GENERIC_OUTPUT_KEYS:
-                self._any(output.get(key), kind)
+                value = output.get(key)
+                if value is not None:
+                    self._any(value, kind)
         return self.outputs
 
     def add(
@@ -319,15 +331,15 @@ class _OutputCollector:
             return
         self._seen.add(url)
         self.outputs.append(
-            Output(
-                kind=kind or kind_from_url(url),
-                url=url,
-                expires_at=s3_expiry(url),
-                width=_positive(width),
-                height=_positive(height),
-                title=title,
-                thumbnail_url=thumbnail_url,
-            )
+            {
+                "kind": kind or kind_from_url(url),
+                "url": url,
+                "expires_at": s3_expiry(url),
+                "width": _positive(width),
+                "height": _positive(height),
+                "title": title,
+                "thumbnail_url": thumbnail_url,
+            }
         )
 
     def _any(self, value: Any, kind: OutputKind | None) -> None:
@@ -401,7 +413,7 @@ class _OutputCollector:
     def _text(self, output: dict[str, Any]) -> None:
         text = get_str(output, "text")
         if text is not None:
-            self.outputs.append(Output(kind="text", text=text))
+            self.outputs.append({"kind": "text", "text": text})
 
     def _object_video(self, output: dict[str, Any]) -> None:
         # Kling 3.0 and OmniHuman put the result in "video": a URL, or an object with one.

@@ -26,12 +26,15 @@ def route(rules: Rules, event: TaskEvent) -> list[Target]:
     route ends the walk unless it says ``continue: true``. A destination reached by several
     routes keeps the first route's index, so one event is never sent twice to one place.
     """
-    labels = event.labels()
+    labels: dict[str, tuple[str, ...]] | None = None  # built once, by the first matcher
     targets: list[Target] = []
     taken: set[str] = set()
     for index, candidate in enumerate(rules.routes):
-        if not all(matcher.matches(labels) for matcher in candidate.match):
-            continue
+        if candidate.match:
+            if labels is None:
+                labels = event.labels()
+            if not all(matcher.matches(labels) for matcher in candidate.match):
+                continue
         for destination in candidate.to:
             if destination not in taken:
                 taken.add(destination)

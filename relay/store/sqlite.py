@@ -17,10 +17,9 @@ import contextlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
@@ -41,8 +40,7 @@ T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-@dataclass(frozen=True)
-class _Waiter:
+class _Waiter(NamedTuple):
     """One queued ingest: the worker thread gets ``item``; only the loop touches ``future``."""
 
     item: q.IngestItem

@@ -81,14 +81,15 @@ _INSERT_EVENT = """
 # Multi-row forms for the batch path: one statement (one sqlite3_step) per table however
 # many rows, because the sqlite3 module gives up and retakes the GIL around every step,
 # and each retake can wait for the event loop thread's switch interval.
+# "{}" is where the rows go.
 _EVENTS_INTO = (
     "INSERT INTO events (id, source, provider, task_id, dedupe_key, status, received_at, "
-    "event_json) VALUES "
+    "event_json) VALUES {} ON CONFLICT (source, dedupe_key) DO NOTHING"
 )
 _EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _DELIVERIES_INTO = (
     "INSERT INTO deliveries (id, event_id, destination, route, state, attempts, "
-    "next_attempt_at, created_at, updated_at, due_at) VALUES "
+    "next_attempt_at, created_at, updated_at, due_at) VALUES {}"
 )
 _DELIVERY_ROW = "(?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"
 # Rows per multi-row INSERT: 8 parameters each stays far below SQLite's 32,766 limit
@@ -189,10 +190,10 @@ def write_batch(
 ) -> list[IngestResult | StoreUnavailableError]:
     """Write a batch in one transaction. Any failure of the transaction fails all of it.
 
-    The fast path is set-based: one look-up of the batch's dedupe keys, then one
-    executemany per table, so the statements per batch do not grow with its size (this runs
-    before every provider gets its 200). If that trips a constraint (an id clash: a bug),
-    the batch is redone item by item, so only the offending item is refused.
+    The fast path is set-based: one insert of every event that skips those already stored,
+    then one of the new events' deliveries, so the statements per batch do not grow with its
+    size (this runs before every provider gets its 200). If that trips a constraint (an id
+    clash: a bug), the batch is redone item by item, so only the offending item is refused.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -206,57 +207,86 @@ def write_batch(
     return results
 
 
-# SQLite caps bound parameters (999 before 3.32), so dedupe keys are looked up in chunks.
-_LOOKUP_CHUNK = 500  # keys per look-up query
+# SQLite caps bound parameters (999 before 3.32), so ids and keys are looked up in chunks.
+_LOOKUP_CHUNK = 500  # values per look-up query
 
 
 def _write_set(
     conn: sqlite3.Connection, batch: list[IngestItem]
 ) -> list[IngestResult | StoreUnavailableError]:
-    by_source: dict[str, set[str]] = {}
-    for item in batch:
-        by_source.setdefault(item.event.source, set()).add(item.event.dedupe_key)
-    known: dict[tuple[str, str], str] = {}
-    for source, dedupe_keys in by_source.items():
-        # One source per query: (source = ? AND dedupe_key IN (...)) uses the unique index,
-        # where a row-value IN over both columns makes SQLite scan the whole table.
-        ordered = sorted(dedupe_keys)
-        for start in range(0, len(ordered), _LOOKUP_CHUNK):
-            chunk = ordered[start : start + _LOOKUP_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT dedupe_key, id FROM events WHERE source = ? AND dedupe_key IN ({marks})",
-                [source, *chunk],
-            )
-            known.update(((source, dedupe), event_id) for dedupe, event_id in rows)
-    results: list[IngestResult | StoreUnavailableError] = []
-    events: list[tuple[object, ...]] = []
-    deliveries: list[tuple[object, ...]] = []
-    for item in batch:
-        event = item.event
-        key = (event.source, event.dedupe_key)
-        existing = known.get(key)
-        if existing is not None:
-            # Stored before, or by an earlier item of this same batch.
-            results.append(IngestResult(event_id=existing, duplicate=True))
-            continue
-        known[key] = event.id
-        events.append(_event_row(item))
-        deliveries.extend(_delivery_rows(item))
-        results.append(IngestResult(event_id=event.id, duplicate=False))
-    # The write lock is held since BEGIN IMMEDIATE, so no other writer can slip a row in
-    # between the look-up and these inserts.
-    _insert_rows(conn, _EVENTS_INTO, _EVENT_ROW, events)
+    # Duplicates are rare, so every event is offered and the insert skips the stored ones
+    # (ON CONFLICT DO NOTHING); only when it stored fewer than offered is there anything to
+    # look up. The write lock is held since BEGIN IMMEDIATE: no other writer slips in between.
+    stored = _insert_rows(conn, _EVENTS_INTO, _EVENT_ROW, [_event_row(item) for item in batch])
+    if stored == len(batch):
+        new = batch
+        results: list[IngestResult | StoreUnavailableError] = [
+            IngestResult(event_id=item.event.id, duplicate=False) for item in batch
+        ]
+    else:
+        new, results = _sort_out_duplicates(conn, batch)
+    deliveries = [row for item in new for row in _delivery_rows(item)]
     _insert_rows(conn, _DELIVERIES_INTO, _DELIVERY_ROW, deliveries)
     return results
 
 
+def _sort_out_duplicates(
+    conn: sqlite3.Connection, batch: list[IngestItem]
+) -> tuple[list[IngestItem], list[IngestResult | StoreUnavailableError]]:
+    """After the insert skipped some events: the items it stored, and every item's result.
+
+    An item whose id is now in the table was stored by that insert (a clash with an older row
+    would have raised instead); any other was a duplicate, of an older row or of an earlier
+    item in this batch, and gets that row's id.
+    """
+    ids = [item.event.id for item in batch]
+    stored = {row[0] for row in _lookup(conn, "SELECT id FROM events WHERE id IN ({})", [], ids)}
+    by_source: dict[str, set[str]] = {}
+    for item in batch:
+        if item.event.id not in stored:
+            by_source.setdefault(item.event.source, set()).add(item.event.dedupe_key)
+    known: dict[tuple[str, str], str] = {}
+    for source, dedupe_keys in by_source.items():
+        # One source per query: (source = ? AND dedupe_key IN (...)) uses the unique index,
+        # where a row-value IN over both columns makes SQLite scan the whole table.
+        sql = "SELECT dedupe_key, id FROM events WHERE source = ? AND dedupe_key IN ({})"
+        rows = _lookup(conn, sql, [source], sorted(dedupe_keys))
+        known.update(((source, dedupe), event_id) for dedupe, event_id in rows)
+    new: list[IngestItem] = []
+    results: list[IngestResult | StoreUnavailableError] = []
+    for item in batch:
+        event = item.event
+        if event.id in stored:
+            new.append(item)
+            results.append(IngestResult(event_id=event.id, duplicate=False))
+        else:
+            existing = known[(event.source, event.dedupe_key)]
+            results.append(IngestResult(event_id=existing, duplicate=True))
+    return new, results
+
+
+def _lookup(
+    conn: sqlite3.Connection, sql: str, args: list[str], values: list[str]
+) -> list[tuple[str, ...]]:
+    """The rows (of text columns) of ``sql``, whose ``IN ({})`` is filled with ``values``, a
+    chunk at a time."""
+    rows: list[tuple[str, ...]] = []
+    for start in range(0, len(values), _LOOKUP_CHUNK):
+        chunk = values[start : start + _LOOKUP_CHUNK]
+        rows.extend(conn.execute(sql.format(", ".join("?" * len(chunk))), [*args, *chunk]))
+    return rows
+
+
 def _insert_rows(
     conn: sqlite3.Connection, into: str, row: str, rows: list[tuple[object, ...]]
-) -> None:
+) -> int:
+    """Insert ``rows`` with multi-row statements; how many rows were inserted."""
+    inserted = 0
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
-        conn.execute(into + ", ".join([row] * len(chunk)), [v for r in chunk for v in r])
+        sql = into.format(", ".join([row] * len(chunk)))
+        inserted += conn.execute(sql, [v for r in chunk for v in r]).rowcount
+    return inserted
 
 
 def _event_row(item: IngestItem) -> tuple[object, ...]:
