@@ -20,6 +20,7 @@ from relay.errors import (
 from relay.events import TaskEvent
 from relay.ids import IdFactory
 from relay.providers.base import Ignored, Inbound
+from relay.providers.common import scrub_literal_in_place
 from relay.routing.router import Target, route
 from relay.rulebook import RuleBook
 from relay.store.base import NewDelivery, Store
@@ -117,6 +118,10 @@ class Receiver:
         result = self.normalize(inbound)
         if isinstance(result, Ignored):
             return result
+        token = inbound.config.token
+        if token is not None and token.get_secret_value().encode() in inbound.body:
+            # The body echoes our URL token somewhere: it must not be stored or forwarded.
+            scrub_literal_in_place(result.raw, token.get_secret_value())
         if inbound.config.verify == "fetch":
             if self._crosscheck is None:
                 raise UpstreamUnavailableError("cross-checks are not available in this process")

@@ -332,3 +332,22 @@ def as_float(value: Any) -> float | None:
     except (OverflowError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def scrub_literal_in_place(payload: Any, secret: str, replacement: str = REDACTED) -> Any:
+    """Replace every occurrence of ``secret`` inside every string of ``payload``, in place.
+
+    For a source's URL token: providers echo the URL we gave them (with the token in it) in
+    fields no key-based redaction can know about, such as debug copies of the request.
+    """
+    stack: list[Any] = [payload]
+    while stack:
+        node = stack.pop()
+        items: Any = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in list(items):
+            if isinstance(item, str):
+                if secret in item:
+                    node[key] = item.replace(secret, replacement)
+            elif isinstance(item, dict | list):
+                stack.append(item)
+    return payload

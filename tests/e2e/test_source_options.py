@@ -67,3 +67,24 @@ async def test_url_tokens(client: httpx.AsyncClient, path: str, status: int) -> 
     body, _ = load("goapi/text_success_joycaption.json")
     r = await client.post(path, json=body)
     assert r.status_code == status, r.text
+
+
+async def test_a_token_the_body_echoes_is_scrubbed_from_what_is_stored(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    body, _ = load("goapi/text_success_joycaption.json")
+    body["data"]["config"]["webhook_config"]["endpoint"] = (
+        "https://relay.example/hooks/tokened/abc123"
+    )
+    body["data"]["logs"] = ["POST /hooks/tokened/abc123 -> 200", {"url": "x?token=abc123"}]
+    r = await client.post("/hooks/tokened/abc123", json=body)
+    assert r.status_code == 200, r.text
+    conn = sqlite3.connect(tmp_path / "relay.db")
+    try:
+        [(stored,)] = conn.execute("SELECT event_json FROM events").fetchall()
+    finally:
+        conn.close()
+    assert "abc123" not in stored
+    assert "https://relay.example/hooks/tokened/[redacted]" in stored
