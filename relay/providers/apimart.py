@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from relay.errors import PayloadError, VerificationError
+from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
@@ -28,6 +28,7 @@ from relay.providers.common import (
     redact_in_place,
     s3_expiry,
 )
+from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
 
 # APIMart documents pending, processing, completed, failed and cancelled; it pushes only the last
@@ -78,23 +79,11 @@ class ApimartProvider:
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A URL token is required; a secret is refused because nothing would ever check it."""
-        problems: list[tuple[str | None, str]] = []
-        if config.token is None:
-            problems.append(
-                ("token", "is required: APIMart signs nothing, the URL token is the only proof")
-            )
-        if config.secret is not None:
-            problems.append(("secret", "is not used by APIMart: put the token in the URL instead"))
-        return problems
+        return token_only_problems("APIMart", config)
 
     def authenticate(self, inbound: Inbound) -> None:
-        """Nothing is signed: the endpoint has already checked the URL token in constant time.
-
-        A source without a token (the loader refuses one, but a config built elsewhere might
-        not) is refused rather than left open.
-        """
-        if inbound.config.token is None:
-            raise VerificationError("source: APIMart needs a token in its URL")
+        """Nothing is signed: the URL token, checked again in constant time."""
+        require_token("APIMart", inbound)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/v1/tasks/{task_id} with our key as a Bearer token."""

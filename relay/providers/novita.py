@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
-from relay.errors import PayloadError, VerificationError
+from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
@@ -28,8 +28,8 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
     s3_expiry,
-    secrets_equal,
 )
+from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
 
 RESULT_EVENT = "ASYNC_TASK_RESULT"
@@ -70,29 +70,12 @@ class NovitaProvider:
     default_api_url = DEFAULT_API_URL
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
-        """A token is required; a secret is refused because nothing would ever check it."""
-        problems: list[tuple[str | None, str]] = []
-        if config.token is None:
-            problems.append(
-                ("token", "is required: Novita signs nothing, the URL token is the only proof")
-            )
-        if config.secret is not None:
-            problems.append(
-                ("secret", "is not used: Novita sends no secret, only the URL token is checked")
-            )
-        return problems
+        """A URL token is required; a secret is refused because nothing would ever check it."""
+        return token_only_problems("Novita", config)
 
     def authenticate(self, inbound: Inbound) -> None:
-        """Check the URL token again, in constant time.
-
-        The endpoint has already compared it; checking here too keeps the adapter safe when it
-        is called some other way, and refuses a source that somehow has no token.
-        """
-        token = inbound.config.token
-        if token is None:
-            raise VerificationError("source: a Novita source needs a token")
-        if not secrets_equal(token.get_secret_value(), inbound.path_token):
-            raise VerificationError("token does not match")
+        """Nothing is signed: the URL token, checked again in constant time."""
+        require_token("Novita", inbound)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/v3/async/task-result?task_id={task_id} with our key as a Bearer

@@ -201,7 +201,7 @@ def test_check_source_requires_a_token_and_refuses_a_secret() -> None:
     problems = provider.check_source(config(token=None, secret="shh"))
     assert problems == [
         ("token", "is required: Novita signs nothing, the URL token is the only proof"),
-        ("secret", "is not used: Novita sends no secret, only the URL token is checked"),
+        ("secret", "is not used by Novita: put the token in the URL instead"),
     ]
     assert all("shh" not in message for _, message in problems)
 
