@@ -120,7 +120,7 @@ async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) ->
                 settings.rules,
                 default_providers(),
                 default_channel_types(),
-                ChannelDeps(http=http, clock=time.time),
+                ChannelDeps(http=http, clock=time.time, state=MemoryStore()),
             )
         except ConfigError as exc:
             _print_problems(exc)

@@ -69,7 +69,7 @@ def create_app(
                 settings.rules,
                 providers if providers is not None else default_providers(),
                 channel_types if channel_types is not None else default_channel_types(),
-                ChannelDeps(http=http, clock=clock),
+                ChannelDeps(http=http, clock=clock, state=the_store),
                 env=env,
             )
             dispatcher = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from relay.channels.base import Channel, Delivery
 from relay.errors import (
+    DeliveryDeferred,
     DeliveryError,
     PermanentDeliveryError,
     StoreUnavailableError,
@@ -41,6 +42,7 @@ class Routing:
 class DispatcherStats:
     delivered: int = 0
     retried: int = 0
+    deferred: int = 0
     dead: int = 0
     lost_leases: int = 0
 
@@ -156,6 +158,10 @@ class Dispatcher:
                     Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
                 )
             outcome = Outcome("delivered")
+        except DeliveryDeferred as wait:
+            # Pacing: back in the queue, due when its turn comes; no attempt is spent.
+            due = self._clock() + max(0.0, wait.seconds)
+            outcome = Outcome("pending", wait.reason, due, deferred=True)
         except TimeoutError:
             outcome = self._after_failure(
                 claim, TransientDeliveryError("attempt outlived its lease"), routing
@@ -191,6 +197,8 @@ class Dispatcher:
             return
         if outcome.state == "delivered":
             self.stats.delivered += 1
+        elif outcome.deferred:
+            self.stats.deferred += 1
         elif outcome.state == "pending":
             self.stats.retried += 1
             log.info(

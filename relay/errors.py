@@ -82,3 +82,13 @@ class TransientDeliveryError(DeliveryError):
 class PermanentDeliveryError(DeliveryError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, transient=False)
+
+
+class DeliveryDeferred(RelayError):
+    """Not a failure: the channel must wait ``seconds`` for its turn (pacing). The delivery is
+    put back, due then, and the attempt does not count."""
+
+    def __init__(self, seconds: float, reason: str = "waiting for its turn") -> None:
+        self.seconds = seconds
+        self.reason = reason
+        super().__init__(f"{reason} ({seconds:.1f} s)")

@@ -15,6 +15,7 @@ import aiohttp
 
 from relay.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from relay.events import TaskEvent
+from relay.store.base import ChannelState
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,12 @@ class Channel(Protocol):
 
 @dataclass(frozen=True)
 class ChannelDeps:
-    """What the app hands every channel: one shared HTTP session and the clock."""
+    """What the app hands every channel: one shared HTTP session, the clock, and the store's
+    channel state (message references, per-recipient outcomes, pacing slots)."""
 
     http: aiohttp.ClientSession
     clock: Callable[[], float]
+    state: ChannelState
 
 
 # Statuses worth retrying: the receiver is overloaded, timed out or asked us to slow down.

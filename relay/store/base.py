@@ -7,7 +7,7 @@ The store only persists: it never sends and never decides retries. Times are uni
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from relay.events import TaskEvent
 
@@ -17,11 +17,18 @@ DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "sending", "delivered",
 
 @dataclass(frozen=True)
 class NewDelivery:
-    """One delivery to create with an event: one per (route, destination)."""
+    """One delivery to create with an event: one per (route, destination).
+
+    Deliveries with the same ``group`` to the same destination are sent one at a time, in the
+    order they were created: a later one is not claimed while an earlier one is pending or
+    sending (channels that edit one message per task need their events in order). None: no
+    ordering.
+    """
 
     id: str
     destination: str
     route: int
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,9 @@ class Outcome:
     state: Literal["delivered", "pending", "dead"]
     detail: str = ""
     next_attempt_at: float | None = None
+    # Not an attempt at all (the channel waited for its turn): the attempt count is given back
+    # and no attempt row is written.
+    deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,25 @@ class AttemptRecord:
     detail: str
 
 
-class Store(Protocol):
+class ChannelState(Protocol):
+    """What channels keep between attempts and across processes: message references (a Slack
+    message's ts, the first mail's Message-ID), per-recipient outcomes and pacing slots."""
+
+    async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
+        """The JSON object last put under (destination, key), or None."""
+
+    async def put_state(
+        self, destination: str, key: str, value: dict[str, Any], now: float
+    ) -> None:
+        """Create or replace the JSON object under (destination, key)."""
+
+    async def pace(self, key: str, interval: float, now: float) -> float:
+        """Take the next send slot of ``key`` (at most one per ``interval`` seconds, shared by
+        every process on this store). 0.0: go now, the slot is taken; otherwise the seconds
+        to wait before asking again (nothing is taken)."""
+
+
+class Store(ChannelState, Protocol):
     """Persistence for events, deliveries and attempts. One contract suite tests every backend."""
 
     async def open(self) -> None:
@@ -110,7 +138,8 @@ class Store(Protocol):
         """Lease up to ``limit`` due deliveries, oldest due first.
 
         Due: pending with ``next_attempt_at <= now``, or sending with an expired lease
-        (its worker died). Each claim increments the delivery's attempt count.
+        (its worker died), and not held back by an earlier delivery of its group (see
+        ``NewDelivery``). Each claim increments the delivery's attempt count.
         """
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
@@ -134,4 +163,5 @@ class Store(Protocol):
         False if it does not exist or is not dead."""
 
     async def next_due(self) -> float | None:
-        """When the earliest pending delivery or lease falls due, or None if none is waiting."""
+        """When the earliest pending delivery or lease falls due, or None if none is waiting.
+        Deliveries held back by an earlier one of their group do not count."""

@@ -7,9 +7,11 @@ It is also a real backend (``memory://``) for tests and demos, where losing data
 
 from __future__ import annotations
 
+import copy
 import itertools
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
@@ -32,6 +34,7 @@ class _Delivery:
     route: int
     created_at: float
     seq: int  # creation order: the tie-break wherever two rows share a timestamp
+    group: str | None = None
     state: DeliveryState = "pending"
     attempts: int = 0
     next_attempt_at: float | None = None
@@ -55,6 +58,8 @@ class _Data:
     by_key: dict[tuple[str, str], str] = field(default_factory=dict)
     deliveries: dict[str, _Delivery] = field(default_factory=dict)
     attempts: list[AttemptRecord] = field(default_factory=list)
+    state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pacing: dict[str, float] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -105,6 +110,7 @@ class MemoryStore:
                 route=d.route,
                 created_at=received,
                 seq=next(self._seq),
+                group=d.group,
                 next_attempt_at=received,
                 updated_at=received,
             )
@@ -112,7 +118,11 @@ class MemoryStore:
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         data = self._require("claim")
-        due = [d for d in data.deliveries.values() if (at := d.due_at()) is not None and at <= now]
+        due = [
+            d
+            for d in data.deliveries.values()
+            if (at := d.due_at()) is not None and at <= now and not _held_back(data, d)
+        ]
         due.sort(key=lambda d: (d.due_at(), d.seq))
         claims = []
         for d in due[: max(limit, 0)]:
@@ -146,6 +156,9 @@ class MemoryStore:
         d.lease_until = None
         d.last_error = outcome.detail
         d.updated_at = now
+        if outcome.deferred:
+            d.attempts -= 1
+            return True
         data.attempts.append(
             AttemptRecord(
                 delivery_id=d.id,
@@ -194,8 +207,31 @@ class MemoryStore:
 
     async def next_due(self) -> float | None:
         data = self._require("next due")
-        times = [at for d in data.deliveries.values() if (at := d.due_at()) is not None]
+        times = [
+            at
+            for d in data.deliveries.values()
+            if (at := d.due_at()) is not None and not _held_back(data, d)
+        ]
         return min(times, default=None)
+
+    async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
+        data = self._require("get state")
+        value = data.state.get((destination, key))
+        return None if value is None else copy.deepcopy(value)
+
+    async def put_state(
+        self, destination: str, key: str, value: dict[str, Any], now: float
+    ) -> None:
+        data = self._require("put state")
+        data.state[(destination, key)] = copy.deepcopy(value)
+
+    async def pace(self, key: str, interval: float, now: float) -> float:
+        data = self._require("pace")
+        free_at = data.pacing.get(key, 0.0)
+        if free_at > now:
+            return free_at - now
+        data.pacing[key] = now + interval
+        return 0.0
 
     @staticmethod
     def _record(data: _Data, d: _Delivery) -> DeliveryRecord:
@@ -215,6 +251,19 @@ class MemoryStore:
             created_at=d.created_at,
             updated_at=d.updated_at,
         )
+
+
+def _held_back(data: _Data, d: _Delivery) -> bool:
+    """Whether an earlier delivery of the same group and destination is still unfinished."""
+    if d.group is None:
+        return False
+    return any(
+        other.group == d.group
+        and other.destination == d.destination
+        and other.seq < d.seq
+        and other.state in ("pending", "sending")
+        for other in data.deliveries.values()
+    )
 
 
 def next_attempt_for(outcome: Outcome) -> float | None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
@@ -221,6 +222,25 @@ class SQLiteStore:
         """Shielded like finish: an operator's replay is a status write too."""
         fut = self._submit("replay", partial(q.replay, delivery_id=delivery_id, now=now))
         return await asyncio.shield(fut)
+
+    async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
+        return await self._submit(
+            "get state", partial(q.get_state, destination=destination, key=key)
+        )
+
+    async def put_state(
+        self, destination: str, key: str, value: dict[str, Any], now: float
+    ) -> None:
+        text = json.dumps(value, separators=(",", ":"))
+        await asyncio.shield(
+            self._submit(
+                "put state",
+                partial(q.put_state, destination=destination, key=key, value=text, now=now),
+            )
+        )
+
+    async def pace(self, key: str, interval: float, now: float) -> float:
+        return await self._submit("pace", partial(q.pace, key=key, interval=interval, now=now))
 
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)

@@ -7,10 +7,11 @@ rolls back then.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Iterator
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
@@ -70,6 +71,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
     """,
+    # Ordered groups (one Slack message per task), channel state and pacing.
+    """
+    ALTER TABLE deliveries ADD COLUMN grp TEXT;
+    CREATE INDEX IF NOT EXISTS deliveries_group ON deliveries (grp, destination)
+        WHERE grp IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS channel_state (
+        destination TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (destination, key)
+    );
+    CREATE TABLE IF NOT EXISTS pacing (
+        key TEXT PRIMARY KEY,
+        free_at REAL NOT NULL
+    );
+    """,
 )
 
 _INSERT_EVENT = """
@@ -89,30 +107,40 @@ _EVENTS_INTO = (
 _EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _DELIVERIES_INTO = (
     "INSERT INTO deliveries (id, event_id, destination, route, state, attempts, "
-    "next_attempt_at, created_at, updated_at, due_at) VALUES {}"
+    "next_attempt_at, created_at, updated_at, due_at, grp) VALUES {}"
 )
-_DELIVERY_ROW = "(?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"
+_DELIVERY_ROW = "(?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
 # Rows per multi-row INSERT: 8 parameters each stays far below SQLite's 32,766 limit
 # (999 before 3.32, hence the modest figure).
 _ROWS_PER_INSERT = 100
 _INSERT_DELIVERY = """
     INSERT INTO deliveries (id, event_id, destination, route, state, attempts,
-        next_attempt_at, created_at, updated_at, due_at)
-    VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)
+        next_attempt_at, created_at, updated_at, due_at, grp)
+    VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)
+"""
+# A delivery of an ordered group waits while an earlier one of its group and destination is
+# unfinished (rowid is creation order).
+_NOT_HELD_BACK = """
+    (d.grp IS NULL OR NOT EXISTS (
+        SELECT 1 FROM deliveries AS p
+        WHERE p.grp = d.grp AND p.destination = d.destination AND p.rowid < d.rowid
+            AND p.state IN ('pending', 'sending')))
 """
 # INDEXED BY: without statistics the planner prefers deliveries_state_created and sorts
 # every pending row; the partial due index is always right here (and its predicate is
 # repeated verbatim in WHERE, which SQLite needs to use it).
-CLAIM_SQL = """
+CLAIM_SQL = f"""
     SELECT d.id, d.destination, d.route, d.attempts, e.event_json
     FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id
-    WHERE d.state IN ('pending', 'sending') AND d.due_at <= ?
+    WHERE d.state IN ('pending', 'sending') AND d.due_at <= ? AND {_NOT_HELD_BACK}
     ORDER BY d.due_at, d.rowid
     LIMIT ?
 """
-NEXT_DUE_SQL = """
-    SELECT min(due_at) FROM deliveries INDEXED BY deliveries_due
-    WHERE state IN ('pending', 'sending')
+NEXT_DUE_SQL = f"""
+    SELECT d.due_at FROM deliveries AS d INDEXED BY deliveries_due
+    WHERE d.state IN ('pending', 'sending') AND {_NOT_HELD_BACK}
+    ORDER BY d.due_at
+    LIMIT 1
 """
 _LEASE = """
     UPDATE deliveries
@@ -308,7 +336,7 @@ def _delivery_rows(item: IngestItem) -> list[tuple[object, ...]]:
     """New deliveries are due at once: next_attempt_at = due_at = the event's arrival."""
     event_id, received = item.event.id, item.event.received_at.timestamp()
     return [
-        (d.id, event_id, d.destination, d.route, received, received, received, received)
+        (d.id, event_id, d.destination, d.route, received, received, received, received, d.group)
         for d in item.deliveries
     ]
 
@@ -392,6 +420,12 @@ def finish(
     if changed != 1:
         conn.execute("ROLLBACK")
         return False
+    if outcome.deferred:
+        conn.execute(
+            "UPDATE deliveries SET attempts = attempts - 1 WHERE id = ?", (claim.delivery_id,)
+        )
+        conn.execute("COMMIT")
+        return True
     conn.execute(
         "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -456,4 +490,37 @@ def replay(conn: sqlite3.Connection, delivery_id: str, now: float) -> bool:
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:
-    return cast("float | None", conn.execute(NEXT_DUE_SQL).fetchone()[0])
+    row = conn.execute(NEXT_DUE_SQL).fetchone()
+    return None if row is None else cast(float, row[0])
+
+
+def get_state(conn: sqlite3.Connection, destination: str, key: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT value FROM channel_state WHERE destination = ? AND key = ?", (destination, key)
+    ).fetchone()
+    return None if row is None else cast("dict[str, Any]", json.loads(row[0]))
+
+
+def put_state(conn: sqlite3.Connection, destination: str, key: str, value: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO channel_state (destination, key, value, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (destination, key) DO UPDATE"
+        " SET value = excluded.value, updated_at = excluded.updated_at",
+        (destination, key, value, now),
+    )
+
+
+def pace(conn: sqlite3.Connection, key: str, interval: float, now: float) -> float:
+    """Read and take the slot in one write transaction, so two processes cannot both go."""
+    conn.execute("BEGIN IMMEDIATE")
+    row = conn.execute("SELECT free_at FROM pacing WHERE key = ?", (key,)).fetchone()
+    if row is not None and row[0] > now:
+        conn.execute("ROLLBACK")
+        return cast(float, row[0]) - now
+    conn.execute(
+        "INSERT INTO pacing (key, free_at) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET free_at = excluded.free_at",
+        (key, now + interval),
+    )
+    conn.execute("COMMIT")
+    return 0.0

@@ -15,6 +15,7 @@ from relay.channels.base import ChannelDeps, Delivery
 from relay.channels.webhook import WebhookChannel
 from relay.errors import DeliveryError
 from relay.routing.model import WebhookDestination
+from relay.store.memory import MemoryStore
 from tests.downstream import Downstream
 from tests.events_factory import make_event
 
@@ -29,7 +30,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def channel(http: aiohttp.ClientSession, url: str, **config: object) -> WebhookChannel:
     dest = WebhookDestination.model_validate({"type": "webhook", "url": url, **config})
-    return WebhookChannel("billing", dest, ChannelDeps(http=http, clock=time.time))
+    return WebhookChannel(
+        "billing", dest, ChannelDeps(http=http, clock=time.time, state=MemoryStore())
+    )
 
 
 async def test_posts_a_signed_envelope_the_reference_library_accepts(

@@ -360,3 +360,100 @@ async def test_ping_and_closed_store(store: Store) -> None:
         await store.ingest(make_event("k1"), [])
     with pytest.raises(StoreUnavailableError, match="not open"):
         await store.get_event("x")
+
+
+# --- ordered groups ---------------------------------------------------------------------------
+
+
+async def ingest_grouped(store: Store, key: str, group: str | None, *, at: float = T0) -> str:
+    """One event of task ``group`` with one delivery to "slack"; the delivery id."""
+    delivery = NewDelivery(id=f"{key}-d", destination="slack", route=0, group=group)
+    await store.ingest(make_event(key, at=at), [delivery])
+    return delivery.id
+
+
+async def test_a_group_is_claimed_one_delivery_at_a_time_in_order(store: Store) -> None:
+    first = await ingest_grouped(store, "progress", "goapi/t1")
+    second = await ingest_grouped(store, "final", "goapi/t1", at=T0 + 1)
+    other_task = await ingest_grouped(store, "other", "goapi/t2", at=T0 + 1)
+    unordered = await ingest_grouped(store, "webhook", None, at=T0 + 1)
+
+    claims = await store.claim(now=T0 + 5, limit=10, lease_seconds=30)
+    assert [c.delivery_id for c in claims] == [first, other_task, unordered]
+    # While the first is sending (or pending a retry), the second waits and is not due.
+    assert await store.claim(now=T0 + 6, limit=10, lease_seconds=30) == []
+    assert await store.next_due() == T0 + 5 + 30  # the leases, not the held-back delivery
+    retry = Outcome("pending", detail="ratelimited", next_attempt_at=T0 + 20)
+    assert await store.finish(claims[0], retry, started_at=T0 + 5, now=T0 + 6)
+    assert await store.claim(now=T0 + 10, limit=10, lease_seconds=30) == []
+
+    [again] = await store.claim(now=T0 + 20, limit=10, lease_seconds=30)
+    assert again.delivery_id == first
+    assert await store.finish(again, Outcome("delivered"), started_at=T0 + 20, now=T0 + 21)
+    [then] = await store.claim(now=T0 + 21, limit=10, lease_seconds=30)
+    assert then.delivery_id == second
+
+
+async def test_a_dead_delivery_does_not_hold_its_group_back(store: Store) -> None:
+    first = await ingest_grouped(store, "progress", "goapi/t1")
+    second = await ingest_grouped(store, "final", "goapi/t1", at=T0 + 1)
+    [claim] = await store.claim(now=T0 + 1, limit=10, lease_seconds=30)
+    assert claim.delivery_id == first
+    assert await store.finish(claim, Outcome("dead", "channel_not_found"), T0 + 1, T0 + 2)
+    assert await store.next_due() == T0 + 1
+    [then] = await store.claim(now=T0 + 2, limit=10, lease_seconds=30)
+    assert then.delivery_id == second
+
+
+async def test_groups_are_per_destination(store: Store) -> None:
+    deliveries = [
+        NewDelivery(id="a-slack", destination="slack", route=0, group="goapi/t1"),
+        NewDelivery(id="a-mail", destination="mail", route=0, group="goapi/t1"),
+    ]
+    await store.ingest(make_event("a"), deliveries)
+    await store.ingest(
+        make_event("b", at=T0 + 1),
+        [NewDelivery(id="b-mail", destination="mail", route=0, group="goapi/t1")],
+    )
+    claims = await store.claim(now=T0 + 1, limit=10, lease_seconds=30)
+    assert sorted(c.delivery_id for c in claims) == ["a-mail", "a-slack"]
+
+
+# --- deferred outcomes, channel state, pacing ---------------------------------------------------
+
+
+async def test_a_deferred_outcome_is_not_an_attempt(store: Store) -> None:
+    [did] = await ingest_one(store, "k1")
+    [claim] = await store.claim(now=T0, limit=10, lease_seconds=30)
+    wait = Outcome("pending", "paced", next_attempt_at=T0 + 0.8, deferred=True)
+    assert await store.finish(claim, wait, started_at=T0, now=T0)
+    record = await store.get_delivery(did)
+    assert record is not None
+    assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 0, T0 + 0.8)
+    assert await store.attempts(did) == []
+    assert await store.claim(now=T0 + 0.5, limit=10, lease_seconds=30) == []
+    [again] = await store.claim(now=T0 + 0.8, limit=10, lease_seconds=30)
+    assert again.attempt == 1
+
+
+async def test_channel_state_round_trips_and_is_replaced(store: Store) -> None:
+    assert await store.get_state("slack", "goapi/t1") is None
+    ref = {"channel": "C1", "ts": "1700000000.000100", "final": False, "n": [1, "two"]}
+    await store.put_state("slack", "goapi/t1", ref, now=T0)
+    assert await store.get_state("slack", "goapi/t1") == ref
+    assert await store.get_state("other", "goapi/t1") is None
+    await store.put_state("slack", "goapi/t1", {"channel": "C1", "final": True}, now=T0 + 1)
+    assert await store.get_state("slack", "goapi/t1") == {"channel": "C1", "final": True}
+    # What the caller holds is a copy: changing it changes nothing stored.
+    got = await store.get_state("slack", "goapi/t1")
+    assert got is not None
+    got["final"] = False
+    assert await store.get_state("slack", "goapi/t1") == {"channel": "C1", "final": True}
+
+
+async def test_pace_hands_out_one_slot_per_interval(store: Store) -> None:
+    assert await store.pace("slack:C1", 1.0, now=T0) == 0.0
+    assert await store.pace("slack:C1", 1.0, now=T0 + 0.25) == pytest.approx(0.75)
+    assert await store.pace("slack:C2", 1.0, now=T0 + 0.25) == 0.0  # another channel
+    assert await store.pace("slack:C1", 1.0, now=T0 + 1.0) == 0.0
+    assert await store.pace("slack:C1", 1.0, now=T0 + 1.5) == pytest.approx(0.5)

@@ -205,7 +205,14 @@ async def test_reopening_applies_migrations_once(db_path: str) -> None:
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         tables = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'").fetchall()
     assert versions == [(v,) for v in range(1, len(MIGRATIONS) + 1)]
-    assert sorted(t for (t,) in tables) == ["attempts", "deliveries", "events", "schema_version"]
+    assert sorted(t for (t,) in tables) == [
+        "attempts",
+        "channel_state",
+        "deliveries",
+        "events",
+        "pacing",
+        "schema_version",
+    ]
 
 
 async def test_refuses_a_database_from_a_newer_relay(db_path: str) -> None:
@@ -229,4 +236,10 @@ async def test_claim_and_next_due_read_the_due_index(store: SQLiteStore, db_path
     claim_plan = query_plan(db_path, CLAIM_SQL, (T0, 10))
     assert "SEARCH d USING INDEX deliveries_due (due_at<?)" in claim_plan
     assert "TEMP B-TREE" not in claim_plan  # already in due order: no sort
-    assert query_plan(db_path, NEXT_DUE_SQL) == "SEARCH deliveries USING INDEX deliveries_due"
+    # Whether an earlier delivery of the group holds one back is an index look-up.
+    held_back = "SEARCH p USING INDEX deliveries_group (grp=? AND destination=? AND rowid<?)"
+    assert held_back in claim_plan
+    next_plan = query_plan(db_path, NEXT_DUE_SQL)
+    assert "SCAN d USING INDEX deliveries_due" in next_plan
+    assert "TEMP B-TREE" not in next_plan
+    assert held_back in next_plan

@@ -15,6 +15,7 @@ from relay.dispatcher import Dispatcher, Routing
 from relay.retry import RetryPolicy
 from relay.routing.model import WebhookDestination
 from relay.store.base import NewDelivery
+from relay.store.memory import MemoryStore
 from relay.store.sqlite import SQLiteStore
 from tests.downstream import Downstream
 from tests.events_factory import make_event
@@ -46,7 +47,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def routing(http: aiohttp.ClientSession, url: str, clock: Clock, **policy: object) -> Routing:
     dest = WebhookDestination(type="webhook", url=url, secret=SECRET)  # type: ignore[arg-type]
-    channel = WebhookChannel("down", dest, ChannelDeps(http=http, clock=clock))
+    channel = WebhookChannel("down", dest, ChannelDeps(http=http, clock=clock, state=MemoryStore()))
     return Routing({"down": channel}, {"down": RetryPolicy(jitter=0, **policy)})  # type: ignore[arg-type]
 
 

@@ -15,6 +15,7 @@ from relay.channels.webhook import WebhookChannel
 from relay.errors import ConfigError
 from relay.providers import default_providers
 from relay.rulebook import RuleBook
+from relay.store.memory import MemoryStore
 from tests.downstream import Downstream
 from tests.events_factory import make_event
 
@@ -71,7 +72,7 @@ def make_book(directory: Path, http: aiohttp.ClientSession, env: dict[str, str])
         directory,
         default_providers(),
         default_channel_types(),
-        ChannelDeps(http=http, clock=time.time),
+        ChannelDeps(http=http, clock=time.time, state=MemoryStore()),
         env=env,
     )
 
