@@ -128,7 +128,18 @@ class Receiver:
             provider = self._rulebook.providers[inbound.config.provider]
             result = await self._crosscheck.confirm(provider, inbound, result)
         targets = self.targets(result)
-        deliveries = [NewDelivery(self._ids("dlv"), t.destination, t.route) for t in targets]
+        destinations = self._rulebook.rules.destinations
+        # Channels that keep one message per task get the task's events in order.
+        group = f"{result.source}/{result.task_id}"
+        deliveries = [
+            NewDelivery(
+                self._ids("dlv"),
+                t.destination,
+                t.route,
+                group if destinations[t.destination].ordered else None,
+            )
+            for t in targets
+        ]
         stored = await self._store.ingest(result, deliveries)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()

@@ -5,9 +5,9 @@ Every model forbids unknown keys so a typo is an error that names the key, not a
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay import signing
 from relay.routing.durations import Duration
@@ -50,6 +50,9 @@ class RetryConfig(_Strict):
 class WebhookDestination(_Strict):
     """POST the event, signed with Standard Webhooks headers when ``secret`` is set."""
 
+    # Deliveries of one task are sent in order (one at a time) only where a channel needs it.
+    ordered: ClassVar[bool] = False
+
     type: Literal["webhook"]
     url: str
     secret: SecretStr | None = None
@@ -74,8 +77,62 @@ class WebhookDestination(_Strict):
         return value
 
 
-# A discriminated union: later issues add slack and email here.
-Destination = Annotated[WebhookDestination, Field(discriminator="type")]
+class SlackDestination(_Strict):
+    """A Slack channel through the Web API (``token`` + ``channel``: one message per task,
+    edited in place) or an incoming webhook (``webhook_url``: every event posts)."""
+
+    # One living message per task: its events must reach it in order.
+    ordered: ClassVar[bool] = True
+
+    type: Literal["slack"]
+    token: SecretStr | None = None
+    channel: str | None = None
+    webhook_url: SecretStr | None = None
+    api_url: str = "https://slack.com/api/"
+    thread_replies: bool = False
+    pace: Duration = 1.0
+    timeout: Duration = 10.0
+    retry: RetryConfig | None = None
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        # slack_sdk joins method names onto it: it must end with a slash.
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("pace")
+    @classmethod
+    def _pace(cls, value: float) -> float:
+        if value > 60:
+            raise ValueError("must be at most 60s (it is the gap between two posts)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SlackDestination:
+        if self.webhook_url is not None:
+            if self.token is not None or self.channel is not None:
+                raise ValueError(
+                    "give either webhook_url, or token and channel, not both "
+                    "(an incoming webhook posts to its own channel)"
+                )
+            if self.thread_replies:
+                raise ValueError("thread_replies needs token and channel (webhooks cannot reply)")
+        elif self.token is None or not self.channel:
+            raise ValueError("needs token and channel (the Web API), or webhook_url")
+        return self
+
+
+# A discriminated union: one model per destination type.
+Destination = Annotated[WebhookDestination | SlackDestination, Field(discriminator="type")]
 
 
 class Route(_Strict):

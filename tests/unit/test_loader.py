@@ -333,7 +333,7 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
         ("routes: [to-billing]\n", "routes[0]: must be a mapping of keys to values"),
         ("sources:\n  goapi:\n", "sources.goapi: must be a mapping of keys to values"),
         ("sources:\n  1: {provider: goapi, secret: s}\n", "sources.1: name must be a string"),
-        ("destinations:\n  d: {type: slack}\n", "destinations.d: unknown type 'slack' (known:"),
+        ("destinations:\n  d: {type: pager}\n", "destinations.d: unknown type 'pager' (known:"),
         ("destinations:\n  d: {url: 'http://x'}\n", "destinations.d: missing required key 'type'"),
         ("destinations:\n  d: {type: webhook}\n", "destinations.d.url: missing required key"),
         (

@@ -1,0 +1,193 @@
+"""Slack destination: one Block Kit message per task, edited in place (slack_sdk, async).
+
+With a bot token the first event of a task posts (``chat.postMessage``) and later ones edit
+that message (``chat.update``), its channel id and ``ts`` kept in the store so every process
+finds it. An incoming webhook cannot edit, so there every event posts. Posts and edits are
+paced per channel through the store; slack_sdk's own retry handlers are off, so a 429 comes
+back to the dispatcher, which schedules the next attempt from its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from relay.channels.base import ChannelDeps, Delivery, http_failure, parse_retry_after
+from relay.errors import (
+    DeliveryDeferred,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from relay.events import TaskEvent
+from relay.render.slack import SlackMessage, slack_message, slack_thread_reply
+from relay.routing.model import SlackDestination
+
+# Web API errors worth another try (Slack's own words for "not now"); every other
+# ``ok: false`` answer (channel_not_found, invalid_auth, invalid_blocks, ...) is permanent.
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "service_unavailable",
+        "internal_error",
+        "fatal_error",
+        "request_timeout",
+    }
+)
+
+
+def message_key(event: TaskEvent) -> str:
+    """Where a task's message reference is kept (per destination)."""
+    return f"task:{event.source}/{event.task_id}"
+
+
+class SlackChannel:
+    """Sends one delivery to Slack. Holds no state itself: the store does."""
+
+    def __init__(self, name: str, config: SlackDestination, deps: ChannelDeps) -> None:
+        self.name = name
+        self._config = config
+        self._deps = deps
+        self._web: AsyncWebClient | None = None
+        self._hook: AsyncWebhookClient | None = None
+        # retry_handlers=[]: slack_sdk would otherwise retry connection errors itself, and
+        # retries are the dispatcher's alone. The shared session ignores the clients' own
+        # timeout, so each attempt is bounded in send().
+        if config.token is not None:
+            self._web = AsyncWebClient(
+                token=config.token.get_secret_value(),
+                base_url=config.api_url,
+                session=deps.http,
+                retry_handlers=[],
+            )
+            self._pace_key = f"slack:{config.api_url}:{config.channel}"
+        else:
+            assert config.webhook_url is not None  # the model requires one of the two
+            url = config.webhook_url.get_secret_value()
+            self._hook = AsyncWebhookClient(url, session=deps.http, retry_handlers=[])
+            # The URL is a credential: pace by its digest, never store it.
+            self._pace_key = "slack-webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+    def render(self, delivery: Delivery) -> str:
+        message = slack_message(delivery.event)
+        where = self._config.channel if self._web is not None else "incoming webhook"
+        payload = {"channel": where, "text": message.text, "blocks": message.blocks}
+        return "Slack " + json.dumps(payload, indent=2, ensure_ascii=False)
+
+    async def send(self, delivery: Delivery) -> None:
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                if self._web is not None:
+                    await self._send_api(self._web, delivery.event)
+                else:
+                    assert self._hook is not None
+                    await self._send_webhook(self._hook, delivery.event)
+        except (DeliveryError, DeliveryDeferred):
+            raise
+        except TimeoutError:
+            raise TransientDeliveryError(
+                f"slack: no answer within {self._config.timeout:g}s"
+            ) from None
+        except SlackApiError as exc:
+            raise _api_failure(exc, self._deps.clock()) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransientDeliveryError(f"slack: {type(exc).__name__}: {exc}") from None
+        except SlackClientError as exc:
+            raise PermanentDeliveryError(f"slack: {exc}") from None
+
+    async def _turn(self) -> None:
+        """Take this channel's next send slot, or give the delivery back until it is due."""
+        wait = await self._deps.state.pace(self._pace_key, self._config.pace, self._deps.clock())
+        if wait > 0:
+            raise DeliveryDeferred(wait, "paced: one message per channel at a time")
+
+    async def _send_api(self, web: AsyncWebClient, event: TaskEvent) -> None:
+        state = self._deps.state
+        key = message_key(event)
+        ref = await state.get_state(self.name, key)
+        if ref is not None and ref.get("final") and not event.final:
+            # A late progress event must not turn a finished message back into "running".
+            return
+        message = slack_message(event)
+        await self._turn()
+        if ref is not None:
+            try:
+                await web.chat_update(
+                    channel=ref["channel"], ts=ref["ts"], text=message.text, blocks=message.blocks
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") != "message_not_found":
+                    raise
+                ref = None  # someone deleted it: post a new one
+        if ref is None:
+            answer = await web.chat_postMessage(
+                channel=self._config.channel or "",
+                text=message.text,
+                blocks=message.blocks,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            ref = {"channel": answer["channel"], "ts": answer["ts"]}
+        ref.update(final=event.final, event_id=event.id)
+        await state.put_state(self.name, key, ref, self._deps.clock())
+        if self._config.thread_replies:
+            await self._reply(web, event, ref, key)
+
+    async def _reply(
+        self, web: AsyncWebClient, event: TaskEvent, ref: dict[str, Any], key: str
+    ) -> None:
+        """The failure's details as a reply in the message's thread, once per event."""
+        reply = slack_thread_reply(event)
+        if reply is None or ref.get("replied") == event.id:
+            return
+        await self._turn()
+        await web.chat_postMessage(
+            channel=ref["channel"],
+            thread_ts=ref["ts"],
+            text=reply.text,
+            blocks=reply.blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        ref["replied"] = event.id
+        await self._deps.state.put_state(self.name, key, ref, self._deps.clock())
+
+    async def _send_webhook(self, hook: AsyncWebhookClient, event: TaskEvent) -> None:
+        message: SlackMessage = slack_message(event)
+        await self._turn()
+        answer = await hook.send(text=message.text, blocks=message.blocks)
+        if 200 <= answer.status_code < 300:
+            return
+        retry_after = parse_retry_after(answer.headers.get("retry-after"), self._deps.clock())
+        body = (answer.body or "").strip()[:200]
+        raise http_failure(answer.status_code, f"slack webhook: {body}", retry_after)
+
+
+def _api_failure(exc: SlackApiError, now: float) -> DeliveryError:
+    """Classify a Web API failure: HTTP 429/5xx and Slack's "not now" errors are transient."""
+    response = exc.response
+    status = response.status_code
+    error = str(response.get("error") or "") if isinstance(response.data, dict) else ""
+    reason = f"slack: {error or f'HTTP {status}'}"
+    headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+    retry_after = parse_retry_after(_first(headers.get("retry-after")), now)
+    if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:
+        return TransientDeliveryError(reason, retry_after=retry_after)
+    if status != 200:
+        return http_failure(status, reason, retry_after)
+    return PermanentDeliveryError(reason)
+
+
+def _first(value: Any) -> str | None:
+    # aiohttp's headers may come back as a list per name.
+    if isinstance(value, list):
+        return str(value[0]) if value else None
+    return None if value is None else str(value)
