@@ -6,6 +6,7 @@ import pytest
 
 from tests.downstream import Downstream
 from tests.slack_fixtures import slack  # noqa: F401
+from tests.smtp_fixtures import smtp_server, test_ca  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

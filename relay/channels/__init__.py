@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.channels.base import Channel, ChannelDeps
+from relay.channels.email import EmailChannel
 from relay.channels.slack import SlackChannel
 from relay.channels.webhook import WebhookChannel
 from relay.routing.model import Destination
@@ -17,7 +18,7 @@ ChannelFactory = Callable[[str, Any, ChannelDeps], Channel]
 
 def default_channel_types() -> dict[str, ChannelFactory]:
     """The explicit registry of destination types."""
-    return {"webhook": WebhookChannel, "slack": SlackChannel}
+    return {"webhook": WebhookChannel, "slack": SlackChannel, "email": EmailChannel}
 
 
 def build_channels(

@@ -17,10 +17,17 @@ from pydantic_core import ErrorDetails
 
 from relay.errors import ConfigError
 from relay.routing.envsubst import KeyPath, expand
-from relay.routing.model import Destination, Route, Rules, SourceConfig
+from relay.routing.model import (
+    Destination,
+    EmailDestination,
+    Route,
+    Rules,
+    SmtpSettings,
+    SourceConfig,
+)
 from relay.routing.yamlfile import YamlFileError, read_yaml
 
-_SECTIONS = ("sources", "destinations", "routes")
+_SECTIONS = ("sources", "destinations", "routes", "smtp")
 _SUFFIXES = (".yaml", ".yml")
 # Source names and tokens are URL path segments: /hooks/{name}/{token}.
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -62,9 +69,11 @@ def load_rules(
     for path in files:
         merge.add_file(path, env)
     merge.check_routes()
+    merge.resolve_email()
     if merge.problems:
         raise ConfigError(merge.problems)
     rules = Rules(
+        smtp=merge.smtp[1] if merge.smtp else None,
         sources={name: cfg for name, (_, cfg) in merge.sources.items()},
         destinations={name: dest for name, (_, dest) in merge.destinations.items()},
         routes=[route for _, _, route in merge.routes],
@@ -150,6 +159,7 @@ class _Merge:
     destinations: dict[str, tuple[str, Destination]] = field(default_factory=dict)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
     routes: list[tuple[str, int, Route]] = field(default_factory=list)
+    smtp: tuple[str, SmtpSettings] | None = None
     destination_adapter: TypeAdapter[Destination] = field(
         default_factory=lambda: TypeAdapter(Destination)
     )
@@ -185,6 +195,8 @@ class _Merge:
         for key in tree:
             if key not in _SECTIONS:
                 self.problem(file, (str(key),), f"unknown key (expected {', '.join(_SECTIONS)})")
+        if "smtp" in tree and ("smtp",) not in {where[:1] for where in unexpanded}:
+            self.add_smtp(file, tree["smtp"])
         self.add_named(file, "sources", tree.get("sources"), self.add_source, unexpanded)
         self.add_named(
             file, "destinations", tree.get("destinations"), self.add_destination, unexpanded
@@ -285,6 +297,32 @@ class _Merge:
         dest = self.validate(file, ("destinations", name), check, raw, tagged=True)
         if dest is not None:
             self.destinations[name] = (file, dest)
+
+    def add_smtp(self, file: str, raw: object) -> None:
+        if raw is None:
+            return
+        if self.smtp is not None:
+            self.problem(file, ("smtp",), f"already defined in {self.smtp[0]}")
+            return
+        settings = self.validate(file, ("smtp",), SmtpSettings.model_validate, raw)
+        if settings is not None:
+            self.smtp = (file, settings)
+
+    def resolve_email(self) -> None:
+        """Email destinations inherit the shared smtp: block, then must be complete."""
+        shared = self.smtp[1] if self.smtp else None
+        if self.smtp and shared and shared.ca_file and not Path(shared.ca_file).is_file():
+            self.problem(self.smtp[0], ("smtp", "ca_file"), f"no such file: {shared.ca_file}")
+        for name, (file, dest) in list(self.destinations.items()):
+            if not isinstance(dest, EmailDestination):
+                continue
+            path: KeyPath = ("destinations", name)
+            if dest.ca_file is not None and not Path(dest.ca_file).is_file():
+                self.problem(file, (*path, "ca_file"), f"no such file: {dest.ca_file}")
+            resolved = dest.inherit(shared)
+            for key, message in resolved.problems():
+                self.problem(file, (*path, key) if key else path, message)
+            self.destinations[name] = (file, resolved)
 
     def add_routes(self, file: str, items: object, unexpanded: set[KeyPath]) -> None:
         if items is None:

@@ -131,8 +131,116 @@ class SlackDestination(_Strict):
         return self
 
 
+def _address(value: str) -> str:
+    """One plain e-mail address: no display name, no list, nothing that could end a header."""
+    if any(ch in value for ch in '\r\n,;<>"') or any(ord(ch) < 32 for ch in value):
+        raise ValueError("must be one plain address like ops@example.com")
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or " " in value:
+        raise ValueError("must be one plain address like ops@example.com")
+    return value
+
+
+class SmtpSettings(_Strict):
+    """How to reach the SMTP server. On an email destination, or in the rules' shared
+    ``smtp:`` block, whose keys every email destination inherits unless it sets its own."""
+
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # STARTTLS (required, never downgraded) unless `tls: true` (implicit TLS, port 465) or
+    # `starttls: false` says so explicitly (plain SMTP, for a local smarthost).
+    starttls: bool | None = None
+    tls: bool | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration | None = None
+    # Certificates are checked against the system's trust store, or this CA file;
+    # `verify: false` turns checking off (test servers only).
+    ca_file: str | None = None
+    verify: bool | None = None
+    from_: str | None = Field(default=None, alias="from")
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        return None if value is None else _address(value)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ch in value for ch in " /\r\n")):
+            raise ValueError("must be a host name or address")
+        return value
+
+
+SMTP_KEYS: tuple[str, ...] = tuple(SmtpSettings.model_fields)
+
+
+class EmailDestination(SmtpSettings):
+    """Mail each event to ``to``, threaded per task (aiosmtplib)."""
+
+    # Later mails of a task reply to its first one: the task's events must come in order.
+    ordered: ClassVar[bool] = True
+
+    type: Literal["email"]
+    to: list[str] = Field(min_length=1)
+    retry: RetryConfig | None = None
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            _address(address)
+        if len(set(value)) != len(value):
+            raise ValueError("lists an address twice")
+        return value
+
+    def inherit(self, shared: SmtpSettings | None) -> EmailDestination:
+        """These settings with the shared ones filling every key this destination leaves unset."""
+        if shared is None:
+            return self
+        update = {
+            key: getattr(shared, key)
+            for key in SMTP_KEYS
+            if getattr(self, key) is None and getattr(shared, key) is not None
+        }
+        return self.model_copy(update=update)
+
+    def problems(self) -> list[tuple[str | None, str]]:
+        """What a usable destination still lacks, once inherited: (key or None, message)."""
+        found: list[tuple[str | None, str]] = []
+        if self.host is None:
+            found.append(("host", "missing (set it here or in the shared smtp: block)"))
+        if self.from_ is None:
+            found.append(("from", "missing (set it here or in the shared smtp: block)"))
+        if self.tls and self.starttls:
+            found.append(("tls", "give tls (implicit TLS) or starttls, not both"))
+        if self.password is not None and self.username is None:
+            found.append(("username", "missing: a password needs a username"))
+        return found
+
+    @property
+    def security(self) -> Literal["tls", "starttls", "none"]:
+        if self.tls:
+            return "tls"
+        return "none" if self.starttls is False else "starttls"
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+
 # A discriminated union: one model per destination type.
-Destination = Annotated[WebhookDestination | SlackDestination, Field(discriminator="type")]
+Destination = Annotated[
+    WebhookDestination | SlackDestination | EmailDestination, Field(discriminator="type")
+]
 
 
 class Route(_Strict):
@@ -164,6 +272,7 @@ class Route(_Strict):
 
 
 class Rules(_Strict):
+    smtp: SmtpSettings | None = None
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     destinations: dict[str, Destination] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)

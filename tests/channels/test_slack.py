@@ -3,9 +3,6 @@ through the real slack_sdk client, a SQLite store and the dispatcher stepped by 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,96 +11,25 @@ import pytest
 
 from relay.channels.base import ChannelDeps, Delivery
 from relay.channels.slack import SlackChannel
-from relay.dispatcher import Dispatcher, Routing
 from relay.events import Output, TaskError, TaskEvent
-from relay.retry import RetryPolicy
 from relay.routing.model import SlackDestination
-from relay.store.base import DeliveryRecord, NewDelivery
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SQLiteStore
+from tests.channels.harness import Clock, Harness
 from tests.events_factory import make_event
 from tests.slack_standin import SlackStandIn
 
 CHANNEL = "C0RENDERS"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(str(tmp_path / "relay.db"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-class Harness:
-    """A store, a clock, Slack destinations and a dispatcher over them."""
-
-    def __init__(self, store: SQLiteStore, http: aiohttp.ClientSession) -> None:
-        self.store = store
-        self.http = http
-        self.clock = Clock()
-        self.channels: dict[str, SlackChannel] = {}
-        self.dispatcher = Dispatcher(store, self.routing, clock=self.clock)
-
-    def add(self, name: str, **config: Any) -> SlackChannel:
-        dest = SlackDestination.model_validate({"type": "slack", **config})
-        deps = ChannelDeps(http=self.http, clock=self.clock, state=self.store)
-        self.channels[name] = SlackChannel(name, dest, deps)
-        return self.channels[name]
-
-    def routing(self) -> Routing:
-        return Routing(dict(self.channels), {n: RetryPolicy(jitter=0) for n in self.channels})
-
-    async def ingest(self, event: TaskEvent, *destinations: str) -> list[str]:
-        """Store the event with one delivery per destination (grouped by task, as the
-        receiver does); the delivery ids."""
-        # Received now by the harness clock, so its deliveries are due now.
-        at = datetime.fromtimestamp(self.clock.now, UTC)
-        event = event.model_copy(update={"received_at": at})
-        names = destinations or tuple(self.channels)
-        ids = [f"dlv_{uuid.uuid4().hex}" for _ in names]
-        deliveries = [
-            NewDelivery(i, name, 0, f"{event.source}/{event.task_id}")
-            for i, name in zip(ids, names, strict=True)
-        ]
-        result = await self.store.ingest(event, deliveries)
-        assert not result.duplicate
-        return ids
-
-    async def run(self) -> int:
-        """Dispatch until nothing is due now; how many attempts were made."""
-        total = 0
-        while n := await self.dispatcher.run_once():
-            total += n
-        return total
-
-    async def record(self, delivery_id: str) -> DeliveryRecord:
-        record = await self.store.get_delivery(delivery_id)
-        assert record is not None
-        return record
-
-
-@pytest.fixture
-async def harness(store: SQLiteStore, http: aiohttp.ClientSession) -> Harness:
-    return Harness(store, http)
-
-
 def api(slack: SlackStandIn, **extra: Any) -> dict[str, Any]:
-    return {"token": "xoxb-test", "channel": "#renders", "api_url": slack.api_url, **extra}
+    return {
+        "type": "slack",
+        "token": "xoxb-test",
+        "channel": "#renders",
+        "api_url": slack.api_url,
+        **extra,
+    }
 
 
 def event_of(task_id: str, status: str, **fields: Any) -> TaskEvent:
@@ -314,7 +240,13 @@ async def test_a_timeout_is_transient(harness: Harness, slack: SlackStandIn) -> 
 
 
 async def test_connection_refused_is_transient(harness: Harness) -> None:
-    harness.add("renders", token="xoxb-test", channel="#renders", api_url="http://127.0.0.1:9/api/")
+    harness.add(
+        "renders",
+        type="slack",
+        token="xoxb-test",
+        channel="#renders",
+        api_url="http://127.0.0.1:9/api/",
+    )
     [d] = await harness.ingest(event_of("t-1", "succeeded"))
     await harness.run()
     record = await harness.record(d)
@@ -386,7 +318,7 @@ async def test_an_oversized_event_still_makes_a_message_slack_accepts(
 
 
 async def test_webhook_posts_every_event(harness: Harness, slack: SlackStandIn) -> None:
-    harness.add("hook", webhook_url=slack.webhook_url(), pace="0s")
+    harness.add("hook", type="slack", webhook_url=slack.webhook_url(), pace="0s")
     await harness.ingest(event_of("t-1", "processing", progress=50, outputs=[]))
     await harness.ingest(event_of("t-1", "succeeded"))
     await harness.run()
@@ -404,7 +336,7 @@ async def test_webhook_refusals_are_permanent(
     harness: Harness, slack: SlackStandIn, state: str, status: int
 ) -> None:
     slack.set_webhook("default", state)  # type: ignore[arg-type]
-    harness.add("hook", webhook_url=slack.webhook_url(), pace="0s")
+    harness.add("hook", type="slack", webhook_url=slack.webhook_url(), pace="0s")
     [d] = await harness.ingest(event_of("t-1", "succeeded"))
     await harness.run()
     record = await harness.record(d)
@@ -413,7 +345,7 @@ async def test_webhook_refusals_are_permanent(
 
 
 async def test_webhook_bad_payload_is_permanent(harness: Harness, slack: SlackStandIn) -> None:
-    harness.add("hook", webhook_url=slack.webhook_url(), pace="0s")
+    harness.add("hook", type="slack", webhook_url=slack.webhook_url(), pace="0s")
     [d] = await harness.ingest(event_of("t-1", "succeeded"))
     slack.fail_next("webhook:default", status=400, body="invalid_payload")
     await harness.run()
@@ -426,7 +358,7 @@ async def test_webhook_bad_payload_is_permanent(harness: Harness, slack: SlackSt
 async def test_webhook_transient_answers_are_retried(
     harness: Harness, slack: SlackStandIn, status: int, retry_after: int | None
 ) -> None:
-    harness.add("hook", webhook_url=slack.webhook_url(), pace="0s")
+    harness.add("hook", type="slack", webhook_url=slack.webhook_url(), pace="0s")
     [d] = await harness.ingest(event_of("t-1", "succeeded"))
     slack.fail_next("webhook:default", status=status, retry_after=retry_after)
     await harness.run()

@@ -265,7 +265,7 @@ def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None
     found = problems(tmp_path)
 
     assert found == [
-        f"{a}: surces: unknown key (expected sources, destinations, routes)",
+        f"{a}: surces: unknown key (expected sources, destinations, routes, smtp)",
         f"{a}: sources.goapi.secrett: unknown key",
         f"{a}: destinations.billing.secret: webhook secret must start with whsec_",
         f"{a}: routes[2].match: bad regex in 'model=~\"(kling\"': "
@@ -306,7 +306,7 @@ def test_duplicate_key_in_one_file_names_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("extra: 1\n", "extra: unknown key (expected sources, destinations, routes)"),
+        ("extra: 1\n", "extra: unknown key (expected sources, destinations, routes, smtp)"),
         ("sources:\n  goapi: {provider: goapi, secret: s, x: 1}\n", "sources.goapi.x: unknown key"),
         (
             f"destinations:\n  d: {{type: webhook, url: 'http://x', secret: {WHSEC}, y: 1}}\n",
@@ -470,4 +470,139 @@ def test_a_providers_own_source_checks_name_file_and_key(tmp_path: Path) -> None
         load_rules(tmp_path, {}, PROVIDERS, {"novita": novita_needs_a_token})
     assert caught.value.problems == [
         f"{tmp_path / 'a.yaml'}: sources.nov.token: is required: novita signs nothing"
+    ]
+
+
+# -- slack and email destinations --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "destinations:\n  s: {type: slack, channel: '#x'}\n",
+            "destinations.s: needs token and channel (the Web API), or webhook_url",
+        ),
+        (
+            "destinations:\n  s: {type: slack, token: t, channel: '#x', webhook_url: 'https://h'}\n",
+            "destinations.s: give either webhook_url, or token and channel, not both",
+        ),
+        (
+            "destinations:\n  s: {type: slack, webhook_url: 'https://h', thread_replies: true}\n",
+            "destinations.s: thread_replies needs token and channel",
+        ),
+        (
+            "destinations:\n  s: {type: slack, token: t, channel: c, api_url: 'slack.com'}\n",
+            "destinations.s.api_url: must be an http:// or https:// URL",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: [], host: h, from: r@x.io}\n",
+            "destinations.m.to: List should have at least 1 item",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: ['a@x.io\\r\\nBcc: b@y.io'], host: h,"
+            " from: r@x.io}\n",
+            "destinations.m.to: must be one plain address",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: ['a@x.io, b@y.io'], host: h, from: r@x.io}\n",
+            "destinations.m.to: must be one plain address",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: [a@x.io], from: r@x.io}\n",
+            "destinations.m.host: missing (set it here or in the shared smtp: block)",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: [a@x.io], host: h}\n",
+            "destinations.m.from: missing (set it here or in the shared smtp: block)",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: [a@x.io], host: h, from: r@x.io, tls: true,"
+            " starttls: true}\n",
+            "destinations.m.tls: give tls (implicit TLS) or starttls, not both",
+        ),
+        (
+            "destinations:\n  m: {type: email, to: [a@x.io], host: h, from: r@x.io,"
+            " ca_file: /nonexistent/ca.pem}\n",
+            "destinations.m.ca_file: no such file: /nonexistent/ca.pem",
+        ),
+        ("smtp: {port: 0}\n", "smtp.port: Input should be greater than or equal to 1"),
+        ("smtp: {hots: x}\n", "smtp.hots: unknown key"),
+    ],
+)
+def test_slack_and_email_problems(tmp_path: Path, text: str, expected: str) -> None:
+    file = write(tmp_path, "r.yaml", text)
+    [problem] = problems(tmp_path)
+    assert problem.startswith(f"{file}: {expected}"), problem
+
+
+def test_email_destinations_inherit_the_shared_smtp_block(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "a.yaml",
+        """
+        smtp:
+          host: smtp.example.com
+          port: 2525
+          username: relay
+          password: ${SMTP_PASSWORD}
+          from: relay@example.com
+        """,
+    )
+    write(
+        tmp_path,
+        "b.yaml",
+        """
+        destinations:
+          oncall:
+            type: email
+            to: oncall@example.com
+          archive:
+            type: email
+            to: [archive@example.com]
+            host: mail.internal
+            starttls: false
+        """,
+    )
+    rules = load(tmp_path, {"SMTP_PASSWORD": "pw"}).rules
+    oncall, archive = rules.destinations["oncall"], rules.destinations["archive"]
+    assert oncall.type == "email" and archive.type == "email"
+    assert (oncall.host, oncall.effective_port, oncall.security) == (
+        "smtp.example.com",
+        2525,
+        "starttls",
+    )
+    assert oncall.to == ["oncall@example.com"]
+    assert oncall.password is not None and oncall.password.get_secret_value() == "pw"
+    assert (archive.host, archive.effective_port, archive.security) == (
+        "mail.internal",
+        2525,
+        "none",
+    )
+    assert archive.from_ == "relay@example.com"
+
+
+def test_the_smtp_block_is_defined_once(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "smtp: {host: a}\n")
+    b = write(tmp_path, "b.yaml", "smtp: {host: b}\n")
+    assert problems(tmp_path) == [f"{b}: smtp: already defined in {a}"]
+
+
+def test_email_ports_follow_the_security(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "r.yaml",
+        """
+        smtp: {host: h, from: r@x.io}
+        destinations:
+          a: {type: email, to: [a@x.io]}
+          b: {type: email, to: [a@x.io], tls: true}
+          c: {type: email, to: [a@x.io], starttls: false}
+        """,
+    )
+    d = load(tmp_path).rules.destinations
+    assert [(d[n].security, d[n].effective_port) for n in "abc"] == [  # type: ignore[union-attr]
+        ("starttls", 587),
+        ("tls", 465),
+        ("none", 25),
     ]

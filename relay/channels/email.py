@@ -1,0 +1,199 @@
+"""Email destination: one multipart mail per event, threaded per task (aiosmtplib).
+
+Every delivery has its own ``Message-ID``, the same on every retry; the first mail of a task
+is the thread's root, and later mails carry ``In-Reply-To``/``References`` to it, so a mail
+client shows one thread per task. Outcomes are per recipient: the recipients the server took
+are kept in the store and not mailed again when the delivery is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import ssl
+from email.message import EmailMessage
+from typing import Any
+
+import aiosmtplib
+
+from relay import __version__
+from relay.channels.base import ChannelDeps, Delivery
+from relay.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from relay.render.mail import mail_content
+from relay.routing.model import EmailDestination
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class EmailChannel:
+    """Sends one delivery as one mail to every recipient not yet served."""
+
+    def __init__(self, name: str, config: EmailDestination, deps: ChannelDeps) -> None:
+        self.name = name
+        self._config = config
+        self._deps = deps
+        self._timeout = config.timeout or DEFAULT_TIMEOUT
+        self._tls = _tls_context(config) if config.security != "none" else None
+        self._domain = (config.from_ or "relay@relay.invalid").rpartition("@")[2]
+
+    def message_id(self, delivery: Delivery) -> str:
+        """Stable per delivery: a retry is the same message, which servers and clients dedupe."""
+        return f"<{delivery.id}@{self._domain}>"
+
+    def build(self, delivery: Delivery, root: str | None) -> EmailMessage:
+        """The mail; ``root`` is the Message-ID of the task's first mail, if this is not it."""
+        content = mail_content(delivery.event)
+        msg = EmailMessage()
+        # EmailMessage refuses CR/LF in any header value: a payload cannot add headers even
+        # if rendering let one through.
+        msg["Subject"] = content.subject
+        msg["From"] = self._config.from_ or ""
+        msg["To"] = ", ".join(self._config.to)
+        msg["Date"] = email.utils.formatdate(self._deps.clock(), usegmt=True)
+        msg["Message-ID"] = self.message_id(delivery)
+        if root is not None and root != msg["Message-ID"]:
+            msg["In-Reply-To"] = root
+            msg["References"] = root
+        # Tells mail servers and autoresponders that no human wrote this.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Relay-Event"] = delivery.event.id
+        msg["User-Agent"] = f"relay/{__version__}"
+        msg.set_content(content.text)
+        msg.add_alternative(content.html, subtype="html")
+        return msg
+
+    def render(self, delivery: Delivery) -> str:
+        return self.build(delivery, None).as_string()
+
+    async def send(self, delivery: Delivery) -> None:
+        event = delivery.event
+        state = self._deps.state
+        thread_key = f"thread:{event.source}/{event.task_id}"
+        outcome_key = f"delivery:{delivery.id}"
+        thread = await state.get_state(self.name, thread_key)
+        done = await state.get_state(self.name, outcome_key) or {}
+        accepted: list[str] = list(done.get("accepted", []))
+        refused: dict[str, str] = dict(done.get("refused", {}))
+        waiting = [r for r in self._config.to if r not in accepted and r not in refused]
+        if waiting:
+            root = thread["message_id"] if thread else None
+            message = self.build(delivery, root)
+            later = await self._mail(message, waiting, refused)
+            accepted += [r for r in waiting if r not in later and r not in refused]
+            await state.put_state(
+                self.name, outcome_key, {"accepted": accepted, "refused": refused}, self._now()
+            )
+            if thread is None and accepted:
+                # The first mail anyone got is the root every later mail of the task replies to.
+                root_id = message["Message-ID"]
+                await state.put_state(self.name, thread_key, {"message_id": root_id}, self._now())
+            if later:
+                raise TransientDeliveryError(_summary(accepted, refused, later))
+        if refused:
+            raise PermanentDeliveryError(_summary(accepted, refused, {}))
+
+    async def _mail(
+        self, message: EmailMessage, recipients: list[str], refused: dict[str, str]
+    ) -> dict[str, str]:
+        """Send to ``recipients``; permanent refusals go into ``refused``; the recipients to
+        try again later, with why, are returned. Failures of the whole mail raise."""
+        config = self._config
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.effective_port,
+            use_tls=config.security == "tls",
+            # True: STARTTLS is required; aiosmtplib fails rather than go on in plain text.
+            start_tls=config.security == "starttls",
+            tls_context=self._tls,
+            timeout=self._timeout,
+        )
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                await client.connect()
+                if config.username is not None:
+                    password = config.password.get_secret_value() if config.password else ""
+                    await client.login(config.username, password)
+                sent, _ = await client.send_message(
+                    message, sender=config.from_, recipients=recipients
+                )
+                errors: dict[str, Any] = dict(sent)
+                # The server has taken the mail: a failing QUIT changes nothing.
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            errors = {r.recipient: r for r in exc.recipients}
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise _failure(exc) from None
+        finally:
+            client.close()
+        later: dict[str, str] = {}
+        for recipient, answer in errors.items():
+            code, text = _code_and_text(answer)
+            line = f"{code} {text}".strip()
+            if 400 <= code < 500:
+                later[recipient] = line
+            else:
+                refused[recipient] = line
+        return later
+
+    def _now(self) -> float:
+        return self._deps.clock()
+
+
+def _tls_context(config: EmailDestination) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if config.verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _code_and_text(answer: Any) -> tuple[int, str]:
+    code = int(getattr(answer, "code", 0) or 0)
+    text = str(getattr(answer, "message", "") or "")
+    return code, " ".join(text.split())
+
+
+def _failure(exc: Exception) -> DeliveryError:
+    """Classify a failure of the whole mail: 5xx replies are permanent, 4xx and anything on the
+    connection (refused, reset, timed out, closed) are transient."""
+    if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(
+        exc.__cause__, ssl.SSLCertVerificationError
+    ):
+        cause = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__
+        return PermanentDeliveryError(
+            f"smtp: server certificate not trusted ({getattr(cause, 'verify_message', cause)}); "
+            "set ca_file, or verify: false for a test server"
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        code, text = _code_and_text(exc)
+        what = "login" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "server"
+        reason = f"smtp: {what} answered {code} {text}".rstrip()
+        if 400 <= code < 500:
+            return TransientDeliveryError(reason)
+        return PermanentDeliveryError(reason)
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
+        # Never a plain-text fallback: the server must offer STARTTLS or the mail waits.
+        return PermanentDeliveryError(
+            f"smtp: {exc} (starttls is required; set tls: true, or starttls: false "
+            "for a plain local smarthost)"
+        )
+    if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return TransientDeliveryError("smtp: timed out")
+    return TransientDeliveryError(f"smtp: {type(exc).__name__}: {exc}")
+
+
+def _summary(accepted: list[str], refused: dict[str, str], later: dict[str, str]) -> str:
+    parts = []
+    if refused:
+        parts.append("refused " + "; ".join(f"{r}: {why}" for r, why in refused.items()))
+    if later:
+        parts.append("deferred " + "; ".join(f"{r}: {why}" for r, why in later.items()))
+    if accepted:
+        parts.append("delivered to " + ", ".join(accepted))
+    return "smtp: " + " · ".join(parts)

@@ -1,0 +1,1 @@
+from tests.channels.harness import harness, http, store  # noqa: F401
