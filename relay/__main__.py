@@ -1,4 +1,4 @@
-"""The command line: serve, check, test, deliveries, replay."""
+"""The command line: serve, worker, check, test, deliveries, replay."""
 
 from __future__ import annotations
 
@@ -75,6 +75,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:  # uvicorn has shut down cleanly, then re-raised the Ctrl-C
         return 130
     return 0 if server.started else 1
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.worker import main as worker_main
+
+    try:
+        _load(settings.rules)
+        asyncio.run(_check_store(settings.db))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    except (ValueError, StoreUnavailableError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    if settings.db.startswith("memory:"):
+        print("relay: a worker needs a shared database, not memory://", file=sys.stderr)
+        return 2
+    return worker_main(settings)
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -290,7 +308,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to bind (RELAY_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (RELAY_PORT or PORT, default 8000)")
     s.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    s.add_argument(
+        "--no-dispatch",
+        dest="dispatch",
+        action="store_false",
+        default=None,
+        help="receive only; `relay worker` processes deliver (RELAY_DISPATCH=0)",
+    )
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="deliver only: dispatch due deliveries from the database")
+    common(w)
+    w.set_defaults(func=cmd_worker)
 
     c = sub.add_parser("check", help="validate the rules and report every problem")
     common(c, db=False)
@@ -330,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     overrides = {
         key: getattr(args, key)
-        for key in ("rules", "db", "host", "port")
+        for key in ("rules", "db", "host", "port", "dispatch")
         if getattr(args, key, None) is not None
     }
     settings = replace(settings, **overrides)
