@@ -116,6 +116,18 @@ class SlackChannel:
         if ref is not None and ref.get("final") and not event.final:
             # A late progress event must not turn a finished message back into "running".
             return
+        if ref is None or ref.get("event_id") != event.id:
+            # (An earlier attempt of this delivery that got as far as the message but not the
+            # thread reply skips straight to the reply: pacing must not loop on the edit.)
+            ref = await self._show(web, event, ref)
+            await state.put_state(self.name, key, ref, self._deps.clock())
+        if self._config.thread_replies:
+            await self._reply(web, event, ref, key)
+
+    async def _show(
+        self, web: AsyncWebClient, event: TaskEvent, ref: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Edit the task's message to show ``event``, or post it; the new reference."""
         message = slack_message(event)
         await self._turn()
         if ref is not None:
@@ -136,10 +148,7 @@ class SlackChannel:
                 unfurl_media=False,
             )
             ref = {"channel": answer["channel"], "ts": answer["ts"]}
-        ref.update(final=event.final, event_id=event.id)
-        await state.put_state(self.name, key, ref, self._deps.clock())
-        if self._config.thread_replies:
-            await self._reply(web, event, ref, key)
+        return {**ref, "final": event.final, "event_id": event.id}
 
     async def _reply(
         self, web: AsyncWebClient, event: TaskEvent, ref: dict[str, Any], key: str

@@ -381,3 +381,20 @@ def test_render_shows_the_channel_and_blocks(http: aiohttp.ClientSession) -> Non
     shown = channel.render(Delivery("dlv_1", "renders", 1, event_of("t-1", "succeeded")))
     assert '"channel": "#renders"' in shown
     assert '"blocks"' in shown
+
+
+async def test_a_paced_thread_reply_waits_its_turn_without_editing_again(
+    harness: Harness, slack: SlackStandIn
+) -> None:
+    harness.add("renders", **api(slack, pace="1s", thread_replies=True))
+    failed = event_of("t-9", "failed", outputs=[], error=TaskError(message="quota exceeded"))
+    [d] = await harness.ingest(failed)
+    for _ in range(3):  # the post, then the reply waits for the next slot
+        await harness.run()
+        harness.clock.now += 1
+    assert (await harness.record(d)).state == "delivered"
+    assert (await harness.record(d)).attempts == 1
+    assert len(slack.calls_to("chat.postMessage")) == 2
+    assert slack.calls_to("chat.update") == []
+    [message] = slack.messages(CHANNEL)
+    assert len(slack.replies(CHANNEL, message.ts)) == 1
