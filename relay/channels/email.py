@@ -68,7 +68,15 @@ class EmailChannel:
         return msg
 
     def render(self, delivery: Delivery) -> str:
-        return self.build(delivery, None).as_string()
+        """The headers and the text part, decoded (the HTML part says the same)."""
+        config = self._config
+        content = mail_content(delivery.event)
+        return (
+            f"Mail via {config.host}:{config.effective_port} ({config.security})\n"
+            f"From: {config.from_}\nTo: {', '.join(config.to)}\n"
+            f"Subject: {content.subject}\nMessage-ID: {self.message_id(delivery)}\n\n"
+            f"{content.text}"
+        )
 
     async def send(self, delivery: Delivery) -> None:
         event = delivery.event

@@ -322,3 +322,23 @@ async def test_a_silent_server_times_out_transiently(
     record = await harness.record(d)
     assert record.state == "pending"
     assert "timed out" in record.last_error
+
+
+def test_render_shows_the_headers_and_the_text_part() -> None:
+    from relay.channels.base import ChannelDeps, Delivery
+    from relay.channels.email import EmailChannel
+    from relay.routing.model import EmailDestination
+    from relay.store.memory import MemoryStore
+
+    dest = EmailDestination.model_validate(
+        {"type": "email", "to": TO[:2], "from": "relay@example.com", "host": "smtp.example.com"}
+    )
+    deps = ChannelDeps(http=None, clock=lambda: 0.0, state=MemoryStore())  # type: ignore[arg-type]
+    shown = EmailChannel("ops", dest, deps).render(
+        Delivery("dlv_1", "ops", 1, event_of("t-1", prompt="a fox"))
+    )
+    assert shown.startswith("Mail via smtp.example.com:587 (starttls)\n")
+    assert "To: ops@example.com, render@example.com\n" in shown
+    assert "Subject: [relay] Kling video ready: task t-1" in shown
+    assert "Message-ID: <dlv_1@example.com>" in shown
+    assert "a fox" in shown and "=E2" not in shown
