@@ -86,7 +86,9 @@ class EmailChannel:
         thread = await state.get_state(self.name, thread_key)
         done = await state.get_state(self.name, outcome_key) or {}
         accepted: list[str] = list(done.get("accepted", []))
-        refused: dict[str, str] = dict(done.get("refused", {}))
+        # Attempt 1 is a first try or a replay (`relay replay` resets the count): recipients
+        # refused before get another chance then; the ones that got the mail still do not.
+        refused: dict[str, str] = {} if delivery.attempt == 1 else dict(done.get("refused", {}))
         waiting = [r for r in self._config.to if r not in accepted and r not in refused]
         if waiting:
             root = thread["message_id"] if thread else None

@@ -342,3 +342,23 @@ def test_render_shows_the_headers_and_the_text_part() -> None:
     assert "Subject: [relay] Kling video ready: task t-1" in shown
     assert "Message-ID: <dlv_1@example.com>" in shown
     assert "a fox" in shown and "=E2" not in shown
+
+
+async def test_a_replay_mails_only_the_recipients_that_were_refused(
+    harness: Harness, smtp_server: SmtpServerFactory
+) -> None:
+    server = await smtp_server()
+    server.refuse_recipient("lead@example.com")
+    harness.add("ops", **mail(server, to=TO))
+    [d] = await harness.ingest(event_of("t-1"))
+    await harness.run()
+    assert (await harness.record(d)).state == "dead"
+
+    server.clear_faults()  # the mailbox was created; ops replay the delivery
+    assert await harness.store.replay(d, harness.clock.now)
+    await harness.run()
+    assert (await harness.record(d)).state == "delivered"
+    assert [m.rcpt_tos for m in server.messages] == [
+        ("ops@example.com", "render@example.com"),
+        ("lead@example.com",),
+    ]
