@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.downstream import Downstream
+from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.slack_fixtures import slack  # noqa: F401
 from tests.smtp_fixtures import smtp_server, test_ca  # noqa: F401
 

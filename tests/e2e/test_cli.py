@@ -514,10 +514,10 @@ def test_serve_with_broken_rules_exits_2_with_the_problems(tmp_path: Path) -> No
 def test_serve_with_an_unsupported_database_url_exits_2(tmp_path: Path) -> None:
     write(tmp_path / "rules", {"rules.yaml": DRY_RULES})
     env = dry_env()
-    url = "postgres://relay:hunter2-db-password@db.internal:5432/relay"
+    url = "mysql://relay:hunter2-db-password@db.internal:5432/relay"
     r = relay(tmp_path, "serve", "--rules", "rules", "--db", url, "--port", "0", env=env)
     assert r.code == 2, r.text
-    assert "unsupported database URL scheme 'postgres'" in r.err
+    assert "unsupported database URL scheme 'mysql'" in r.err
     assert "sqlite:///path.db" in r.err
     assert "hunter2-db-password" not in r.text
 

@@ -50,8 +50,11 @@ routes:
 
 
 async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll (bounded) until ``condition`` holds."""
     async with asyncio.timeout(within):
-        while not condition():
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.02)
 
 

@@ -19,20 +19,23 @@ from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import NewDelivery, Outcome, Store
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
 
-# name -> factory(tmp_path) returning an unopened store.
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "memory": lambda _tmp: MemoryStore(),
-    "sqlite": lambda tmp: SQLiteStore(str(tmp / "relay.db")),
+# name -> factory(request, tmp_path) returning an unopened store. A backend that needs a server
+# asks for its fixture through the request (postgres: a fresh database from tests/pg.py).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
+    "memory": lambda _req, _tmp: MemoryStore(),
+    "sqlite": lambda _req, tmp: SQLiteStore(str(tmp / "relay.db")),
+    "postgres": lambda req, _tmp: PostgresStore.from_url(req.getfixturevalue("pg_url")),
 }
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
+    backend = BACKENDS[request.param](request, tmp_path)
     await backend.open()
     try:
         yield backend

@@ -28,7 +28,7 @@ def test_sqlite_urls(url: str, path: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://relay:hunter2@db/relay",
+        "mysql://relay:hunter2@db/relay",
         "sqlite://relay.db",
         "sqlite:///",
         "sqlite:///:memory:",

@@ -1,0 +1,322 @@
+"""The PostgreSQL store: several relay replicas on one database (DESIGN section 6).
+
+Driver: psycopg 3 in async mode with psycopg_pool, rather than asyncpg. Both are async with
+binary wheels. psycopg ships its type annotations, so this module is checked by mypy --strict
+like the rest (asyncpg has none: it would be Any throughout, or need a stub package), and it
+drives libpq, so every option of a libpq URL works as PostgreSQL's own tools read it (sslmode,
+sslrootcert, connect_timeout, target_session_attrs, several hosts, passfiles, services).
+asyncpg's lower per-query cost matters little here: each call is one round trip to the server
+(ingest, claim, finish and pace are one statement each) and psycopg prepares repeated
+statements on its own.
+
+Every call takes a connection from the pool (autocommit: a lone statement is its own
+transaction), and every driver error, whatever it is (connection refused, pool closed or
+exhausted, constraint violated, serialization failure), becomes StoreUnavailableError naming the
+operation, with any password scrubbed out of the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from relay.errors import StoreUnavailableError
+from relay.events import TaskEvent
+from relay.store import postgres_queries as q
+from relay.store.base import (
+    AttemptRecord,
+    Claim,
+    DeliveryRecord,
+    DeliveryState,
+    IngestResult,
+    NewDelivery,
+    Outcome,
+)
+from relay.store.memory import next_attempt_for
+
+T = TypeVar("T")
+
+# Our options in the URL's query; libpq gets the rest.
+URL_OPTIONS = ("pool_size", "pool_min", "pool_timeout")
+DEFAULT_POOL_SIZE = 10
+DEFAULT_POOL_MIN = 1
+DEFAULT_POOL_TIMEOUT = 5.0
+
+
+class PostgresStore:
+    """A Store in a PostgreSQL database, shared by every replica that opens it.
+
+    ``conninfo`` is a libpq URL or key=value string, without our options (see ``from_url``).
+    The pool keeps ``pool_min`` connections open and grows to ``pool_size`` under load.
+    ``pool_timeout`` (seconds) bounds the wait for a free connection, and for connecting at
+    open, before StoreUnavailableError. ``secrets`` are scrubbed from every error message.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_min: int = DEFAULT_POOL_MIN,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if not 0 <= pool_min <= pool_size:
+            raise ValueError("pool_min must be between 0 and pool_size")
+        if not pool_timeout > 0:
+            raise ValueError("pool_timeout must be a positive number of seconds")
+        self._conninfo = conninfo
+        self.pool_size = pool_size
+        self.pool_min = pool_min
+        self.pool_timeout = pool_timeout
+        found = [*secrets, *_secrets_of(conninfo), os.environ.get("PGPASSWORD", "")]
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = tuple(sorted({s for s in found if s}, key=len, reverse=True))
+        self._pool: AsyncConnectionPool | None = None
+        self._closing = False
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """The store a ``postgresql://`` (or ``postgres://``) URL names.
+
+        ``?pool_size=``, ``?pool_min=`` and ``?pool_timeout=`` are ours; any other query option
+        goes to libpq, which must know it. A bad URL is a ValueError that never quotes a password.
+        """
+        secrets = _secrets_of(url)
+        try:
+            parts = urlsplit(url)
+            options = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError as exc:
+            raise ValueError(_scrub(f"invalid postgresql database URL: {exc}", secrets)) from None
+        ours = {k: v for k, v in options if k in URL_OPTIONS}
+        rest = [(k, v) for k, v in options if k not in URL_OPTIONS]
+        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        try:
+            pg_conninfo.conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            message = f"invalid postgresql database URL: {_one_line(exc)}"
+            raise ValueError(_scrub(message, secrets)) from None
+        return cls(
+            conninfo,
+            pool_size=_int_option(ours, "pool_size", DEFAULT_POOL_SIZE),
+            pool_min=_int_option(ours, "pool_min", DEFAULT_POOL_MIN),
+            pool_timeout=_float_option(ours, "pool_timeout", DEFAULT_POOL_TIMEOUT),
+            secrets=secrets,
+        )
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        params = pg_conninfo.conninfo_to_dict(self._conninfo)
+        if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
+            # libpq waits forever by default (a host that drops packets); it counts whole
+            # seconds and takes 2 as its least.
+            kwargs["connect_timeout"] = max(2, math.ceil(self.pool_timeout))
+        return kwargs
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(_scrub(f"store: {what}: {_one_line(exc)}", self._secrets))
+
+    async def open(self) -> None:
+        """Connect, apply migrations (one replica at a time), then fill the pool."""
+        if self._pool is not None:
+            return
+        kwargs = self._connect_kwargs()
+        # A connection of its own first: a server that is down fails here at once, with
+        # libpq's reason, where the pool would retry until its timeout and then only say so.
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+        except psycopg.Error as exc:
+            raise self._unavailable("open", exc) from exc
+        try:
+            await q.migrate(conn)
+        except psycopg.Error as exc:
+            raise self._unavailable("open", exc) from exc
+        finally:
+            await conn.close()
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            self._conninfo,
+            kwargs=kwargs,
+            min_size=self.pool_min,
+            max_size=self.pool_size,
+            timeout=self.pool_timeout,
+            open=False,
+            name="relay-store",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.pool_timeout)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise self._unavailable("open", exc) from exc
+        self._pool, self._closing = pool, False
+
+    async def close(self) -> None:
+        """Let the outcome writes under way finish, then close every connection."""
+        if self._pool is None:
+            return
+        self._closing = True
+        if self._writes:
+            await asyncio.wait(set(self._writes))
+        pool, self._pool = self._pool, None
+        try:
+            await pool.close()
+        finally:
+            self._closing = False
+
+    async def _run(self, what: str, fn: Callable[[q.Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` on a pooled connection; driver errors become StoreUnavailableError."""
+        pool = self._pool
+        if pool is None or self._closing:
+            raise StoreUnavailableError(f"store: {what}: not open")
+        try:
+            async with pool.connection() as conn:
+                return await fn(conn)
+        except psycopg.Error as exc:
+            raise self._unavailable(what, exc) from exc
+
+    async def _write(self, what: str, fn: Callable[[q.Conn], Awaitable[T]]) -> T:
+        """``_run``, shielded: a caller cancelled mid-write (shutdown) still has it recorded,
+        and close() waits for it."""
+        task = asyncio.ensure_future(self._run(what, fn))
+        self._writes.add(task)
+        task.add_done_callback(_forget(self._writes))
+        return await asyncio.shield(task)
+
+    async def ping(self) -> None:
+        await self._run("ping", q.ping)
+
+    async def ingest(self, event: TaskEvent, deliveries: list[NewDelivery]) -> IngestResult:
+        if self._pool is None or self._closing:
+            raise StoreUnavailableError("store: ingest: not open")
+        # Serialized here, so a model that cannot be dumped fails before taking a connection.
+        fn = partial(
+            q.ingest, event=event, event_json=event.model_dump_json(), deliveries=list(deliveries)
+        )
+        return await self._run("ingest", fn)
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:  # PostgreSQL refuses a negative LIMIT
+            return []
+        return await self._run("claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds))
+
+    async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
+        retry_at = next_attempt_for(outcome)
+        fn = partial(
+            q.finish,
+            claim=claim,
+            outcome=outcome,
+            retry_at=retry_at,
+            started_at=started_at,
+            now=now,
+        )
+        return await self._write("finish", fn)
+
+    async def list_deliveries(
+        self, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
+        if limit <= 0:
+            return []
+        return await self._run(
+            "list deliveries", partial(q.list_deliveries, state=state, limit=limit)
+        )
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        return await self._run("get delivery", partial(q.get_delivery, delivery_id=delivery_id))
+
+    async def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        return await self._run("attempts", partial(q.attempts, delivery_id=delivery_id))
+
+    async def get_event(self, event_id: str) -> TaskEvent | None:
+        return await self._run("get event", partial(q.get_event, event_id=event_id))
+
+    async def replay(self, delivery_id: str, now: float) -> bool:
+        return await self._write("replay", partial(q.replay, delivery_id=delivery_id, now=now))
+
+    async def next_due(self) -> float | None:
+        return await self._run("next due", q.next_due)
+
+    async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
+        return await self._run("get state", partial(q.get_state, destination=destination, key=key))
+
+    async def put_state(
+        self, destination: str, key: str, value: dict[str, Any], now: float
+    ) -> None:
+        fn = partial(q.put_state, destination=destination, key=key, value=value, now=now)
+        await self._write("put state", fn)
+
+    async def pace(self, key: str, interval: float, now: float) -> float:
+        return await self._run("pace", partial(q.pace, key=key, interval=interval, now=now))
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # its caller may be gone: retrieved, so asyncio does not log it
+
+    return done
+
+
+def _secrets_of(conninfo: str) -> tuple[str, ...]:
+    """Every password a URL or key=value string carries, as written and decoded."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(conninfo)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "password" and value:
+                found.append(value)
+    except ValueError:
+        pass
+    try:
+        password = pg_conninfo.conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        password = None
+    if isinstance(password, str) and password:
+        found.append(password)
+    return tuple(dict.fromkeys(found))
+
+
+def _scrub(message: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's message on one line (libpq adds hints on lines of their own)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _int_option(options: dict[str, str], name: str, default: int) -> int:
+    if name not in options:
+        return default
+    try:
+        return int(options[name])
+    except ValueError:
+        raise ValueError(f"postgresql URL option {name} must be a whole number") from None
+
+
+def _float_option(options: dict[str, str], name: str, default: float) -> float:
+    if name not in options:
+        return default
+    try:
+        value = float(options[name])
+    except ValueError:
+        raise ValueError(f"postgresql URL option {name} must be a number of seconds") from None
+    if not math.isfinite(value):
+        raise ValueError(f"postgresql URL option {name} must be a number of seconds")
+    return value

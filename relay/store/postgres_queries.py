@@ -1,0 +1,454 @@
+"""The SQL half of the PostgreSQL store: schema, migrations and every statement.
+
+Each function takes a connection from the pool (in autocommit mode: a lone statement is its own
+transaction) and opens a transaction itself where it needs more than one statement. Driver
+errors propagate; the store turns them into StoreUnavailableError.
+
+The tables mirror SQLite's (``sqlite_queries.py``) with PostgreSQL types: times stay unix seconds
+in DOUBLE PRECISION, so every backend hands back exactly the floats it was given, and ``seq``
+(BIGSERIAL) is creation order where SQLite uses the rowid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from relay.errors import StoreUnavailableError
+from relay.events import TaskEvent
+from relay.store.base import (
+    AttemptRecord,
+    Claim,
+    DeliveryRecord,
+    DeliveryState,
+    IngestResult,
+    NewDelivery,
+    Outcome,
+)
+
+Conn = AsyncConnection[TupleRow]
+
+# The transaction-level advisory lock that serializes migrations across replicas. The two-int4
+# form: its key space is apart from the bigint one of the group locks below.
+MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(1380273217, 89)"  # "RELA", "Y"
+
+# gen_random_uuid() (lease tokens) is built in from 13 on.
+MIN_SERVER_VERSION = 130000
+
+# Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        -- TEXT, not JSONB: JSONB reorders keys, and the event must read back byte for byte.
+        event_json TEXT NOT NULL,
+        UNIQUE (source, dedupe_key)
+    );
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        -- Creation order: the tie-break everywhere, and the order of a group. A sequence
+        -- with CACHE 1 (the default) hands its numbers out in order across sessions.
+        seq BIGSERIAL NOT NULL UNIQUE,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        destination TEXT NOT NULL,
+        route INTEGER NOT NULL,
+        grp TEXT,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        lease_token TEXT,
+        lease_until DOUBLE PRECISION,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        -- next_attempt_at while pending, lease_until while sending: one column, so claiming
+        -- is one index range scan whichever way a delivery fell due.
+        due_at DOUBLE PRECISION
+    );
+    CREATE INDEX deliveries_due ON deliveries (due_at, seq)
+        WHERE state IN ('pending', 'sending');
+    -- The hold-back look-up: the unfinished deliveries of a group. Finished ones leave it, so
+    -- it stays as small as the backlog.
+    CREATE INDEX deliveries_group ON deliveries (grp, destination, seq)
+        WHERE grp IS NOT NULL AND state IN ('pending', 'sending');
+    -- For `relay deliveries`, newest first, with and without a state filter.
+    CREATE INDEX deliveries_created ON deliveries (created_at, seq);
+    CREATE INDEX deliveries_state_created ON deliveries (state, created_at, seq);
+    CREATE TABLE attempts (
+        seq BIGSERIAL PRIMARY KEY,
+        delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+        attempt INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery_id, seq);
+    CREATE TABLE channel_state (
+        destination TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value JSONB NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (destination, key)
+    );
+    CREATE TABLE pacing (
+        key TEXT PRIMARY KEY,
+        free_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+)
+
+# Ingest in one statement, one round trip: the event, and its deliveries only if the event was
+# new (a duplicate's insert returns no row, so the deliveries' SELECT has none to join). The
+# foreign key sees the event: constraints are checked at the end of the statement. WITH
+# ORDINALITY and ORDER BY: seq follows the order of the caller's list.
+#
+# Group locks: within an ordered group, commit order must be creation (seq) order, or a claim
+# could see a later delivery of a group before an earlier one commits, and send it first. One
+# transaction-level advisory lock per (group, destination), taken before the inserts, makes
+# concurrent ingests of one group take turns. Data flow orders the statement: the event's
+# insert reads a row of ``locks``, which is an aggregate, so every lock is held before anything
+# is inserted (the deliveries' insert reads the event's). The keys are taken in sorted order,
+# so two ingests never wait on each other in a circle. No group, no lock.
+INGEST_SQL = """
+    WITH locks AS (
+        SELECT count(pg_advisory_xact_lock(k)) AS n
+        FROM (
+            SELECT DISTINCT hashtextextended(g || chr(31) || d, 0) AS k
+            FROM unnest(%(groups)s::text[], %(destinations)s::text[]) AS t (g, d)
+            WHERE g IS NOT NULL
+            ORDER BY k
+        ) AS keys
+    ), ev AS (
+        INSERT INTO events
+            (id, source, provider, task_id, dedupe_key, status, received_at, event_json)
+        SELECT %(id)s, %(source)s, %(provider)s, %(task_id)s, %(dedupe_key)s, %(status)s,
+            %(received)s, %(event_json)s
+        FROM locks
+        ON CONFLICT (source, dedupe_key) DO NOTHING
+        RETURNING id
+    ), ins AS (
+        INSERT INTO deliveries (id, event_id, destination, route, grp, state, attempts,
+            next_attempt_at, created_at, updated_at, due_at)
+        SELECT n.id, ev.id, n.destination, n.route, n.grp, 'pending', 0,
+            %(received)s, %(received)s, %(received)s, %(received)s
+        FROM ev, unnest(%(ids)s::text[], %(destinations)s::text[], %(routes)s::int[],
+                %(groups)s::text[]) WITH ORDINALITY AS n (id, destination, route, grp, ord)
+        ORDER BY n.ord
+    )
+    SELECT id FROM ev
+"""
+EXISTING_EVENT_SQL = "SELECT id FROM events WHERE source = %s AND dedupe_key = %s"
+
+# A delivery of an ordered group waits while an earlier one of its group and destination is
+# unfinished: exactly MemoryStore's _held_back.
+_NOT_HELD_BACK = """
+    (d.grp IS NULL OR NOT EXISTS (
+        SELECT 1 FROM deliveries AS p
+        WHERE p.grp = d.grp AND p.destination = d.destination AND p.seq < d.seq
+            AND p.state IN ('pending', 'sending')))
+"""
+# One statement: pick the due rows, oldest due first, skipping rows another claimer has locked
+# (SKIP LOCKED: workers never wait on each other and never get the same row), and lease them.
+# A row another claimer leased after this statement's snapshot is re-checked against the WHERE
+# on its new version (its due_at is now in the future) and dropped. The lease token is 122
+# random bits from the server's strong random source, 32 hex digits like secrets.token_hex(16).
+CLAIM_SQL = f"""
+    WITH due AS (
+        SELECT d.id, d.due_at, d.seq
+        FROM deliveries AS d
+        WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
+        ORDER BY d.due_at, d.seq
+        LIMIT %(limit)s
+        FOR UPDATE OF d SKIP LOCKED
+    ), leased AS (
+        UPDATE deliveries AS d
+        SET state = 'sending', attempts = d.attempts + 1,
+            lease_token = replace(gen_random_uuid()::text, '-', ''),
+            lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s
+        FROM due
+        WHERE d.id = due.id
+        RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
+            due.due_at AS was_due, due.seq
+    )
+    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
+    FROM leased AS l JOIN events AS e ON e.id = l.event_id
+    ORDER BY l.was_due, l.seq
+"""
+NEXT_DUE_SQL = f"""
+    SELECT d.due_at FROM deliveries AS d
+    WHERE d.state IN ('pending', 'sending') AND {_NOT_HELD_BACK}
+    ORDER BY d.due_at
+    LIMIT 1
+"""
+# Fenced by the lease token; a deferred outcome gives its attempt back and writes no attempt
+# row. One statement, so one transaction.
+FINISH_SQL = """
+    WITH done AS (
+        UPDATE deliveries
+        SET state = %(state)s, next_attempt_at = %(retry_at)s, due_at = %(retry_at)s,
+            lease_token = NULL, lease_until = NULL, last_error = %(detail)s,
+            updated_at = %(now)s,
+            attempts = attempts - CASE WHEN %(deferred)s THEN 1 ELSE 0 END
+        WHERE id = %(id)s AND state = 'sending' AND lease_token = %(token)s
+        RETURNING id
+    ), attempt AS (
+        INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)
+        SELECT id, %(attempt)s, %(started_at)s, %(now)s, %(state)s, %(detail)s
+        FROM done
+        WHERE NOT %(deferred)s
+    )
+    SELECT count(*) FROM done
+"""
+REPLAY_SQL = """
+    UPDATE deliveries
+    SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
+        updated_at = %(now)s
+    WHERE id = %(id)s AND state = 'dead'
+"""
+_RECORD_COLUMNS = """
+    SELECT d.id, d.event_id, e.source, e.task_id, e.status, d.destination, d.route, d.state,
+        d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at
+    FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+"""
+# The slot is taken only if it is free (its free_at has passed): the conflict arm locks the row
+# and re-reads its latest version, so two processes cannot both take it. If it was not taken,
+# the second arm reads when it frees (from this statement's snapshot: see pace()).
+PACE_SQL = """
+    WITH took AS (
+        INSERT INTO pacing AS p (key, free_at) VALUES (%(key)s, %(free_at)s)
+        ON CONFLICT (key) DO UPDATE SET free_at = EXCLUDED.free_at
+        WHERE p.free_at <= %(now)s
+        RETURNING free_at
+    )
+    SELECT true, free_at FROM took
+    UNION ALL
+    SELECT false, free_at FROM pacing WHERE key = %(key)s AND NOT EXISTS (SELECT 1 FROM took)
+"""
+PUT_STATE_SQL = """
+    INSERT INTO channel_state (destination, key, value, updated_at) VALUES (%s, %s, %s, %s)
+    ON CONFLICT (destination, key) DO UPDATE
+    SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
+"""
+# A write a read-only transaction or a standby refuses, that changes nothing.
+PING_SQL = """
+    WITH w AS (UPDATE schema_version SET version = version WHERE false RETURNING 1)
+    SELECT count(*) FROM schema_version
+"""
+
+
+async def migrate(conn: Conn) -> None:
+    """Apply the missing migrations in one transaction.
+
+    The advisory lock makes replicas that start together take turns: the first applies, the
+    others wait for its commit, then find nothing left to do. (IF NOT EXISTS alone is not
+    enough: of two sessions creating one table at once, one can fail on the catalog's unique
+    index, and a half-applied list of migrations would be worse.)
+    """
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        raise StoreUnavailableError(
+            f"store: open: PostgreSQL {conn.info.server_version // 10000} is too old; "
+            f"relay needs {MIN_SERVER_VERSION // 10000} or newer"
+        )
+    async with conn.transaction():
+        await conn.execute(MIGRATION_LOCK_SQL)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
+        )
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        row = await cur.fetchone()
+        current = int(row[0]) if row is not None else 0
+        if current > len(MIGRATIONS):
+            raise StoreUnavailableError(
+                f"store: open: database schema version {current} is newer than this relay "
+                f"({len(MIGRATIONS)})"
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            # No parameters: psycopg sends the script as one simple query, statements and all.
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+
+async def ping(conn: Conn) -> None:
+    await conn.execute(PING_SQL)
+
+
+async def ingest(
+    conn: Conn, event: TaskEvent, event_json: str, deliveries: list[NewDelivery]
+) -> IngestResult:
+    """Store the event and its deliveries, or find the event it duplicates."""
+    received = event.received_at.timestamp()
+    params = {
+        "id": event.id,
+        "source": event.source,
+        "provider": event.provider,
+        "task_id": event.task_id,
+        "dedupe_key": event.dedupe_key,
+        "status": event.status,
+        "received": received,
+        "event_json": event_json,
+        "ids": [d.id for d in deliveries],
+        "destinations": [d.destination for d in deliveries],
+        "routes": [d.route for d in deliveries],
+        "groups": [d.group for d in deliveries],
+    }
+    # One statement: its own transaction, on the autocommit connection.
+    row = await (await conn.execute(INGEST_SQL, params)).fetchone()
+    if row is not None:
+        return IngestResult(event_id=event.id, duplicate=False)
+    # A duplicate. A new statement takes a new snapshot, so it sees the first event even when
+    # that one was committed by another replica while our insert waited on it.
+    cur = await conn.execute(EXISTING_EVENT_SQL, (event.source, event.dedupe_key))
+    existing = await cur.fetchone()
+    if existing is None:  # deleted in between: nothing deletes events, so not expected
+        raise StoreUnavailableError("store: ingest: the duplicated event vanished")
+    return IngestResult(event_id=cast(str, existing[0]), duplicate=True)
+
+
+async def claim(conn: Conn, *, now: float, limit: int, lease: float) -> list[Claim]:
+    lease_until = now + lease
+    cur = await conn.execute(CLAIM_SQL, {"now": now, "limit": limit, "until": lease_until})
+    return [
+        Claim(
+            delivery_id=delivery_id,
+            event=TaskEvent.model_validate_json(event_json),
+            destination=destination,
+            route=route,
+            attempt=attempt,
+            lease_token=token,
+            lease_until=lease_until,
+        )
+        for delivery_id, destination, route, attempt, token, event_json in await cur.fetchall()
+    ]
+
+
+async def finish(
+    conn: Conn,
+    *,
+    claim: Claim,
+    outcome: Outcome,
+    retry_at: float | None,
+    started_at: float,
+    now: float,
+) -> bool:
+    cur = await conn.execute(
+        FINISH_SQL,
+        {
+            "state": outcome.state,
+            "retry_at": retry_at,
+            "detail": outcome.detail,
+            "now": now,
+            "deferred": outcome.deferred,
+            "id": claim.delivery_id,
+            "token": claim.lease_token,
+            "attempt": claim.attempt,
+            "started_at": started_at,
+        },
+    )
+    row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+def _record(row: TupleRow) -> DeliveryRecord:
+    (id_, event_id, source, task_id, status, dest, route, state, attempts, nxt, err, ca, ua) = row
+    return DeliveryRecord(
+        id=id_,
+        event_id=event_id,
+        source=source,
+        task_id=task_id,
+        status=status,
+        destination=dest,
+        route=route,
+        state=cast(DeliveryState, state),  # the table's CHECK constraint guarantees it
+        attempts=attempts,
+        next_attempt_at=nxt,
+        last_error=err,
+        created_at=ca,
+        updated_at=ua,
+    )
+
+
+async def list_deliveries(
+    conn: Conn, *, state: DeliveryState | None, limit: int
+) -> list[DeliveryRecord]:
+    if state is None:
+        sql = f"{_RECORD_COLUMNS} ORDER BY d.created_at DESC, d.seq DESC LIMIT %s"
+        cur = await conn.execute(sql, (limit,))
+    else:
+        sql = (
+            f"{_RECORD_COLUMNS} WHERE d.state = %s ORDER BY d.created_at DESC, d.seq DESC LIMIT %s"
+        )
+        cur = await conn.execute(sql, (state, limit))
+    return [_record(row) for row in await cur.fetchall()]
+
+
+async def get_delivery(conn: Conn, *, delivery_id: str) -> DeliveryRecord | None:
+    cur = await conn.execute(f"{_RECORD_COLUMNS} WHERE d.id = %s", (delivery_id,))
+    row = await cur.fetchone()
+    return None if row is None else _record(row)
+
+
+async def attempts(conn: Conn, *, delivery_id: str) -> list[AttemptRecord]:
+    cur = await conn.execute(
+        "SELECT delivery_id, attempt, started_at, finished_at, state, detail"
+        " FROM attempts WHERE delivery_id = %s ORDER BY seq",
+        (delivery_id,),
+    )
+    return [AttemptRecord(*row) for row in await cur.fetchall()]
+
+
+async def get_event(conn: Conn, *, event_id: str) -> TaskEvent | None:
+    cur = await conn.execute("SELECT event_json FROM events WHERE id = %s", (event_id,))
+    row = await cur.fetchone()
+    return None if row is None else TaskEvent.model_validate_json(row[0])
+
+
+async def replay(conn: Conn, *, delivery_id: str, now: float) -> bool:
+    cur = await conn.execute(REPLAY_SQL, {"id": delivery_id, "now": now})
+    return cur.rowcount == 1
+
+
+async def next_due(conn: Conn) -> float | None:
+    row = await (await conn.execute(NEXT_DUE_SQL)).fetchone()
+    return None if row is None else cast(float, row[0])
+
+
+async def get_state(conn: Conn, *, destination: str, key: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT value FROM channel_state WHERE destination = %s AND key = %s", (destination, key)
+    )
+    row = await cur.fetchone()
+    return None if row is None else cast("dict[str, Any]", row[0])
+
+
+async def put_state(
+    conn: Conn, *, destination: str, key: str, value: dict[str, Any], now: float
+) -> None:
+    await conn.execute(PUT_STATE_SQL, (destination, key, Jsonb(value), now))
+
+
+async def pace(conn: Conn, *, key: str, interval: float, now: float) -> float:
+    """Take the slot if it is free, in one statement; else how long until it frees."""
+    params = {"key": key, "free_at": now + interval, "now": now}
+    # The second arm reads the statement's snapshot, which can miss a row another process
+    # inserted or moved while our insert waited on it; then the next try sees it. A slot only
+    # moves forward, so the loop ends at once in practice.
+    for _ in range(5):
+        row = await (await conn.execute(PACE_SQL, params)).fetchone()
+        if row is not None:
+            taken, free_at = row
+            if taken:
+                return 0.0
+            if free_at > now:
+                return cast(float, free_at) - now
+    # Still nothing consistent: not taken, so never 0.0. Ask again a moment later.
+    return 0.01

@@ -1,0 +1,383 @@
+"""What only the PostgreSQL store has: a server, a pool, several replicas on one database.
+
+The replicas are real: separate store instances, each with its own pool and connections, as
+separate processes would have. The contract suite (test_contract.py) covers everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from relay.errors import StoreUnavailableError
+from relay.events import TaskEvent
+from relay.store import open_store
+from relay.store.base import Claim, NewDelivery, Outcome
+from relay.store.postgres import PostgresStore
+from relay.store.postgres_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL
+from tests.pg import Cluster, new_cluster, with_database
+
+T0 = 1_700_000_000.0
+
+
+def make_event(key: str, *, id: str | None = None) -> TaskEvent:
+    return TaskEvent(
+        id=id or f"ev-{key}",
+        source="goapi-main",
+        provider="goapi",
+        task_id=f"task-{key}",
+        dedupe_key=key,
+        status="succeeded",
+        provider_status="completed",
+        final=True,
+        received_at=datetime.fromtimestamp(T0, UTC),
+    )
+
+
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
+    """Two stores on one database, as two relay processes would have."""
+    stores = [PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)]
+    for s in stores:
+        await s.open()
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def sql(url: str, query: str) -> list[tuple[object, ...]]:
+    """Rows of ``query`` on a connection of its own."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(query)
+        return await cur.fetchall() if cur.description else []
+
+
+# --- several replicas at once -------------------------------------------------------------------
+
+
+async def test_two_replicas_never_claim_the_same_delivery(replicas: list[PostgresStore]) -> None:
+    a, b = replicas
+    ids: list[str] = []
+    for i in range(50):
+        deliveries = [
+            NewDelivery(id=f"e{i}-d{j}", destination=f"dest-{j}", route=j) for j in range(10)
+        ]
+        await a.ingest(make_event(f"k{i}"), deliveries)
+        ids += [d.id for d in deliveries]
+
+    async def worker(store: PostgresStore) -> list[str]:
+        got: list[str] = []
+        while claims := await store.claim(now=T0, limit=7, lease_seconds=600):
+            got += [c.delivery_id for c in claims]
+        return got
+
+    # Three workers per replica, all claiming at once until nothing is left.
+    results = await asyncio.gather(*(worker(s) for s in (a, b, a, b, a, b)))
+    claimed = [d for got in results for d in got]
+    assert sorted(claimed) == sorted(ids)  # every delivery, and none twice
+    assert all(results[i] for i in (0, 1))  # both replicas took part
+    records = await b.list_deliveries("sending", limit=1000)
+    assert len(records) == 500 and all(r.attempts == 1 for r in records)
+
+
+async def test_concurrent_workers_keep_a_group_in_order(replicas: list[PostgresStore]) -> None:
+    # 10 tasks x 8 events each, every event one delivery to "slack" in its task's group.
+    order: dict[str, list[str]] = {}
+    for n in range(8):
+        for task in range(10):
+            d = NewDelivery(id=f"t{task}-n{n}", destination="slack", route=0, group=f"t{task}")
+            await replicas[n % 2].ingest(make_event(f"t{task}-n{n}"), [d])
+            order.setdefault(f"t{task}", []).append(d.id)
+    sent: dict[str, list[str]] = {}
+    released: set[str] = set()  # marked just before its finish is sent
+
+    async def worker(store: PostgresStore) -> None:
+        while sum(map(len, sent.values())) < 80:
+            claims = await store.claim(now=T0, limit=3, lease_seconds=600)
+            for c in claims:
+                group = c.delivery_id.split("-")[0]
+                n = order[group].index(c.delivery_id)
+                # The one before it in its group is finished (or being finished) already.
+                assert n == 0 or order[group][n - 1] in released, c.delivery_id
+                sent.setdefault(group, []).append(c.delivery_id)
+            await asyncio.sleep(0 if claims else 0.005)
+            for c in claims:
+                released.add(c.delivery_id)
+                assert await store.finish(c, Outcome("delivered"), T0, T0)
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(worker(s) for s in (*replicas, *replicas)))
+    assert sent == order
+
+
+async def test_the_same_callback_at_two_replicas_stores_one_event(
+    replicas: list[PostgresStore],
+) -> None:
+    a, b = replicas
+    keys = [f"k{i}" for i in range(100)]
+
+    async def receive(store: PostgresStore, name: str, key: str) -> tuple[str, bool]:
+        # Half the keys carry a group, so both ingest paths race.
+        group = key if int(key[1:]) % 2 else None
+        deliveries = [NewDelivery(id=f"{name}-{key}-d", destination="slack", route=0, group=group)]
+        result = await store.ingest(make_event(key, id=f"ev-{name}-{key}"), deliveries)
+        return result.event_id, result.duplicate
+
+    results = await asyncio.gather(
+        *(receive(s, name, key) for key in keys for s, name in ((a, "a"), (b, "b")))
+    )
+    for i, key in enumerate(keys):
+        (first, first_dup), (second, second_dup) = results[2 * i], results[2 * i + 1]
+        assert first == second  # both answers name the one stored event
+        assert first_dup != second_dup  # exactly one of them stored it
+        assert first in (f"ev-a-{key}", f"ev-b-{key}")
+    records = await a.list_deliveries(limit=1000)
+    assert len(records) == 100
+    assert {r.event_id for r in records} == {results[2 * i][0] for i in range(100)}
+
+
+async def test_two_replicas_pacing_one_channel_get_one_slot(
+    replicas: list[PostgresStore],
+) -> None:
+    for step in range(5):
+        now = T0 + step * 1.0
+        waits = await asyncio.gather(
+            *(replicas[i % 2].pace("slack:C1", 1.0, now=now) for i in range(20))
+        )
+        assert waits.count(0.0) == 1, waits
+        assert all(w == pytest.approx(1.0) for w in waits if w != 0.0)
+
+
+async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    stores = [PostgresStore.from_url(pg_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert await sql(pg_url, "SELECT version FROM schema_version ORDER BY version") == [
+            (v,) for v in range(1, len(MIGRATIONS) + 1)
+        ]
+        await stores[0].ingest(make_event("k1"), [NewDelivery("d1", "slack", 0)])
+        assert [c.delivery_id for c in await stores[2].claim(T0, 10, 30)] == ["d1"]
+    finally:
+        for s in stores:
+            await s.close()
+    again = PostgresStore.from_url(pg_url)
+    await again.open()  # an up-to-date database: nothing to apply
+    await again.close()
+    assert len(await sql(pg_url, "SELECT version FROM schema_version")) == len(MIGRATIONS)
+
+
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    await store.close()
+    await sql(pg_url, f"INSERT INTO schema_version VALUES ({len(MIGRATIONS) + 1})")
+    with pytest.raises(StoreUnavailableError, match="newer than this relay"):
+        await store.open()
+
+
+async def test_ingests_of_one_group_take_turns(pg_url: str) -> None:
+    """The group lock: while another transaction holds it, a grouped ingest waits (so commit
+    order is creation order); an ungrouped one does not."""
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_url) as other:
+            await other.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('t1' || chr(31) || 'slack', 0))"
+            )
+            grouped = asyncio.ensure_future(
+                store.ingest(make_event("g"), [NewDelivery("g-d", "slack", 0, group="t1")])
+            )
+            await store.ingest(make_event("u"), [NewDelivery("u-d", "slack", 0)])
+            await asyncio.sleep(0.2)
+            assert not grouped.done()
+            await other.rollback()
+            assert not (await asyncio.wait_for(grouped, 10)).duplicate
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_finish_is_still_recorded(pg_url: str) -> None:
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    try:
+        await store.ingest(make_event("k1"), [NewDelivery("d1", "slack", 0)])
+        [claim] = await store.claim(T0, 10, 30)
+        task = asyncio.ensure_future(store.finish(claim, Outcome("delivered"), T0, T0 + 1))
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await store.close()  # waits for the write
+    await store.open()
+    try:
+        record = await store.get_delivery("d1")
+        assert record is not None and record.state == "delivered"
+    finally:
+        await store.close()
+
+
+async def test_claim_and_next_due_read_the_indexes(pg_url: str) -> None:
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    await store.close()
+    # A history of 20,000 finished deliveries and a backlog of 200, half of them grouped.
+    await sql(
+        pg_url,
+        """
+        INSERT INTO events (id, source, provider, task_id, dedupe_key, status, received_at,
+            event_json)
+        SELECT 'ev' || i, 's', 'goapi', 't' || i, 'k' || i, 'succeeded', i, '{}'
+        FROM generate_series(1, 20200) AS i;
+        INSERT INTO deliveries (id, event_id, destination, route, grp, state, created_at,
+            updated_at, next_attempt_at, due_at)
+        SELECT 'd' || i, 'ev' || i, 'slack', 0, CASE WHEN i % 2 = 0 THEN 'g' || i % 50 END,
+            CASE WHEN i <= 20000 THEN 'delivered' ELSE 'pending' END, i, i,
+            CASE WHEN i > 20000 THEN i END, CASE WHEN i > 20000 THEN i END
+        FROM generate_series(1, 20200) AS i;
+        ANALYZE;
+        """,
+    )
+    params = {"now": 1e12, "limit": 10, "until": 1e12 + 30}
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        plans = {}
+        for name, query, args in (("claim", CLAIM_SQL, params), ("next due", NEXT_DUE_SQL, None)):
+            cur = await conn.execute(f"EXPLAIN (COSTS OFF) {query}", args)
+            plans[name] = "\n".join(row[0] for row in await cur.fetchall())
+        await conn.rollback()
+    for name, plan in plans.items():
+        assert "Index Scan using deliveries_due on deliveries d" in plan, (name, plan)
+        # Whether an earlier delivery of the group holds one back is an index look-up.
+        assert "Index Only Scan using deliveries_group on deliveries p" in plan, (name, plan)
+        assert "Seq Scan" not in plan, (name, plan)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A server of this test's own, to stop, start and reconfigure (needs the server binaries
+    on this machine even when RELAY_TEST_POSTGRES_URL names a server)."""
+    with new_cluster() as cluster:
+        yield cluster
+
+
+async def test_a_stopped_server_is_store_unavailable(own_cluster: Cluster) -> None:
+    url = own_cluster.url.replace("postgres@", "postgres:hunter2@") + "?pool_timeout=0.5"
+    store = PostgresStore.from_url(url)
+    await store.open()
+    try:
+        await store.ingest(make_event("k1"), [NewDelivery("d1", "slack", 0)])
+        own_cluster.stop()
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "ping": store.ping,
+            "ingest": lambda: store.ingest(make_event("k2"), [NewDelivery("d2", "slack", 0)]),
+            "claim": lambda: store.claim(T0, 10, 30),
+            "finish": lambda: store.finish(
+                Claim("d1", make_event("k1"), "slack", 0, 1, "token", T0), Outcome("dead"), T0, T0
+            ),
+            "pace": lambda: store.pace("slack:C1", 1.0, T0),
+            "get state": lambda: store.get_state("slack", "t1"),
+        }
+        for what, call in calls.items():
+            with pytest.raises(StoreUnavailableError) as info:
+                await call()
+            message = str(info.value)
+            assert message.startswith(f"store: {what}: "), message
+            assert "hunter2" not in message
+        # Back up: the pool replaces its broken connections and the store works again.
+        own_cluster.restart()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailableError:
+                    await asyncio.sleep(0.1)
+        assert await store.get_event("ev-k1") is not None
+    finally:
+        await store.close()
+    own_cluster.stop()
+    with pytest.raises(StoreUnavailableError, match=r"^store: open: .*refused") as info:
+        await store.open()
+    assert "hunter2" not in str(info.value)
+
+
+async def test_a_refused_password_is_not_echoed(own_cluster: Cluster) -> None:
+    await sql(own_cluster.url, "CREATE ROLE relay_app LOGIN PASSWORD 'the-right-one'")
+    await sql(own_cluster.url, "CREATE DATABASE relay_app OWNER relay_app")
+    own_cluster.require_password("relay_app")
+    url = with_database(own_cluster.url.replace("postgres@", "relay_app:hunter2@"), "relay_app")
+    with pytest.raises(StoreUnavailableError, match="password authentication failed") as info:
+        await open_store(url).open()
+    assert "hunter2" not in str(info.value)
+    # And the right one opens.
+    store = open_store(url.replace("hunter2", "the-right-one"))
+    await store.open()
+    await store.ping()
+    await store.close()
+
+
+async def test_nothing_listening_is_store_unavailable_without_the_password() -> None:
+    store = open_store("postgresql://relay:hunter2@127.0.0.1:1/relay?connect_timeout=2")
+    with pytest.raises(StoreUnavailableError, match=r"^store: open: .*refused") as info:
+        await store.open()
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(StoreUnavailableError, match="not open"):
+        await store.claim(T0, 10, 30)
+
+
+# --- URLs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgres_urls(scheme: str) -> None:
+    store = open_store(f"{scheme}://relay:hunter2@db.example:5433/relay")
+    assert isinstance(store, PostgresStore)
+    assert (store.pool_size, store.pool_min, store.pool_timeout) == (10, 1, 5.0)
+
+
+def test_pool_options_are_ours_and_the_rest_go_to_libpq() -> None:
+    store = open_store(
+        "postgresql://relay@db/relay?pool_size=3&sslmode=require&pool_timeout=0.5&pool_min=0"
+    )
+    assert isinstance(store, PostgresStore)
+    assert (store.pool_size, store.pool_min, store.pool_timeout) == (3, 0, 0.5)
+    params = conninfo_to_dict(store._conninfo)
+    assert params["sslmode"] == "require"
+    assert not {"pool_size", "pool_min", "pool_timeout"} & set(params)
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("postgresql://relay:hunter2@db/relay?pool_size=many", "pool_size"),
+        ("postgresql://relay:hunter2@db/relay?pool_size=0", "pool_size"),
+        ("postgresql://relay:hunter2@db/relay?pool_min=20", "pool_min"),
+        ("postgresql://relay:hunter2@db/relay?pool_timeout=-1", "pool_timeout"),
+        ("postgresql://relay:hunter2@db/relay?pool_timeout=nan", "pool_timeout"),
+        ("postgresql://relay:hunter2@db/relay?bogus=1", "bogus"),
+        ("postgresql://relay@db/relay?password=hunter2&bogus=1", "bogus"),
+    ],
+)
+def test_bad_postgres_urls_are_refused_without_the_password(url: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint) as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_with_database_keeps_the_rest_of_the_url() -> None:
+    assert (
+        with_database("postgresql://u:p@h:1/postgres?sslmode=disable", "x")
+        == "postgresql://u:p@h:1/x?sslmode=disable"
+    )
