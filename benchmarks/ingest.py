@@ -7,13 +7,16 @@ Both servers run as subprocesses on 127.0.0.1 and get the same load: GoAPI callb
 distinct task ids, posted by an aiohttp client with a fixed number of requests in flight.
 relay runs on a fresh SQLite file, receive-only (RELAY_DISPATCH=0): with synchronous=FULL (the
 default) every 200 means the event and its delivery row were committed and fsynced; with
-NORMAL they survive a crash of relay but not of the machine. Bounded in requests and seconds.
+NORMAL they survive a crash of relay but not of the machine. With PostgreSQL installed (or
+--postgres URL) relay on a fresh PostgreSQL database (fsync on) is measured too. Bounded in
+requests and seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -28,6 +31,13 @@ from pathlib import Path
 import aiohttp
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from pg_server import new_database, postgres_server  # noqa: E402
+
+from tests.pg import find_bin_dir  # noqa: E402
+
 FIXTURE = HERE.parent / "tests" / "fixtures" / "providers" / "goapi" / "image_success_flux.json"
 SECRET = "bench-secret"
 RULES = """
@@ -178,9 +188,14 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=15.0, help="cap per server and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--postgres",
+        help="PostgreSQL server URL (a role that may create databases); default: start a "
+        "throwaway durable cluster if PostgreSQL is installed, else leave PostgreSQL out",
+    )
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         rules = Path(tmp) / "rules"
         rules.mkdir()
         (rules / "bench.yaml").write_text(RULES)
@@ -189,6 +204,9 @@ async def main() -> None:
             "relay": f"sqlite:///{tmp}/full.db",
             "relay, synchronous=NORMAL": f"sqlite:///{tmp}/normal.db?synchronous=NORMAL",
         }
+        if args.postgres or find_bin_dir() is not None:
+            server = stack.enter_context(postgres_server(args.postgres))
+            servers["relay, PostgreSQL"] = new_database(server)
         # Servers take turns, round after round, so drift in a shared machine's load hits
         # every one alike; the table reports each one's median round.
         rounds: dict[str, list[Result]] = {name: [] for name in servers}

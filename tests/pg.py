@@ -65,9 +65,14 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """A throwaway cluster in ``base``/data, logging to ``base``/server.log."""
+    """A throwaway cluster in ``base``/data, logging to ``base``/server.log.
 
-    def __init__(self, base: Path, bin_dir: Path) -> None:
+    ``durable``: keep PostgreSQL's default fsync and synchronous commit (benchmarks compare
+    it with SQLite's synchronous=FULL); tests turn both off for speed.
+    """
+
+    def __init__(self, base: Path, bin_dir: Path, *, durable: bool = False) -> None:
+        self.durable = durable
         self.base = base
         self.bin_dir = bin_dir
         self.data = base / "data"
@@ -141,9 +146,15 @@ class Cluster:
                         "unix_socket_directories = ''",
                         "max_connections = 200",
                         # A throwaway: durability buys nothing here, and costs test time.
-                        "fsync = off",
-                        "synchronous_commit = off",
-                        "full_page_writes = off",
+                        *(
+                            ()
+                            if self.durable
+                            else (
+                                "fsync = off",
+                                "synchronous_commit = off",
+                                "full_page_writes = off",
+                            )
+                        ),
                         "",
                     ]
                 ),
