@@ -265,7 +265,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         try:
             ids = list(args.ids)
             if args.all_dead:
-                ids += [r.id for r in await store.list_deliveries("dead", limit=1_000_000)]
+                dead = [r.id for r in await store.list_deliveries("dead", limit=1_000_000)]
+                if not dead and not ids:
+                    print("no dead deliveries to replay")
+                    return 0
+                ids += dead
             if not ids:
                 print("relay replay: name delivery ids or use --all-dead", file=sys.stderr)
                 return 2

@@ -468,6 +468,9 @@ async def test_dead_delivery_listed_inspected_replayed_and_then_delivered(serve_
     nothing = await arelay(cwd, "replay", env=env)
     assert nothing.code == 2
     assert "name delivery ids or use --all-dead" in nothing.err
+    none_dead = await arelay(cwd, "replay", "--all-dead", env=env)
+    assert none_dead.code == 0, none_dead.err
+    assert none_dead.out.strip() == "no dead deliveries to replay"
     pending = json.loads((await arelay(cwd, "deliveries", "--json", env=env)).out)
     assert [(d["id"], d["state"]) for d in pending] == [(delivery_id, "pending")]
 
