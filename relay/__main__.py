@@ -42,21 +42,27 @@ async def _check_store(url: str) -> None:
     await store.close()
 
 
+def _preflight(settings: Settings) -> bool:
+    """Load the rules and open (and migrate) the store once before starting, so broken rules,
+    a bad path or an unreachable database is one clear message rather than a traceback."""
+    try:
+        _load(settings.rules)
+        asyncio.run(_check_store(settings.db))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return False
+    except (ValueError, StoreUnavailableError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from relay.app import create_app
 
-    try:
-        _load(settings.rules)
-        # Open (and migrate) once before serving, so a bad path or a locked database is one
-        # clear line here rather than a traceback from the server's startup.
-        asyncio.run(_check_store(settings.db))
-    except ConfigError as exc:
-        _print_problems(exc)
-        return 2
-    except (ValueError, StoreUnavailableError) as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+    if not _preflight(settings):
         return 2
     config = uvicorn.Config(
         create_app(settings),
@@ -80,14 +86,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from relay.worker import main as worker_main
 
-    try:
-        _load(settings.rules)
-        asyncio.run(_check_store(settings.db))
-    except ConfigError as exc:
-        _print_problems(exc)
-        return 2
-    except (ValueError, StoreUnavailableError) as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+    if not _preflight(settings):
         return 2
     if settings.db.startswith("memory:"):
         print("relay: a worker needs a shared database, not memory://", file=sys.stderr)

@@ -123,7 +123,8 @@ class EmailChannel:
             timeout=self._timeout,
         )
         try:
-            async with asyncio.timeout(self._timeout * 3):
+            # The whole session, like a webhook attempt: connect to QUIT.
+            async with asyncio.timeout(self._timeout):
                 await client.connect()
                 if config.username is not None:
                     password = config.password.get_secret_value() if config.password else ""

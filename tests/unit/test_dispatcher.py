@@ -17,18 +17,11 @@ from relay.routing.model import WebhookDestination
 from relay.store.base import NewDelivery
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SQLiteStore
+from tests.channels.harness import Clock
 from tests.downstream import Downstream
 from tests.events_factory import make_event
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 24).decode()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
