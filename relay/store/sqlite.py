@@ -54,7 +54,7 @@ class SQLiteStore:
     ``synchronous`` is SQLite's durability knob: FULL (the default) fsyncs every commit, so a
     2xx to a provider means the event survives a power cut. ``busy_timeout`` is how long (in
     seconds) to wait for another process's write lock before answering StoreUnavailableError.
-    ``ingest_batches`` counts group commits, for metrics.
+    ``ingest_batches`` and ``finish_batches`` count group commits, for metrics.
     """
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
@@ -68,7 +68,10 @@ class SQLiteStore:
         self._closing = False
         self._queue: list[_Waiter] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._finishes: list[tuple[q.FinishItem, asyncio.Future[bool]]] = []
+        self._finisher: asyncio.Task[None] | None = None
         self.ingest_batches = 0
+        self.finish_batches = 0
 
     async def open(self) -> None:
         """Create the file (and its directory) if missing, set WAL mode, apply migrations."""
@@ -110,11 +113,13 @@ class SQLiteStore:
         if self._executor is None or self._conn is None:
             return
         self._closing = True
-        if self._flusher is not None:
+        pending = [t for t in (self._flusher, self._finisher) if t is not None]
+        if pending:
             # wait() rather than await: a flusher that failed has already answered its waiters.
-            await asyncio.wait([self._flusher])
+            await asyncio.wait(pending)
         executor, conn = self._executor, self._conn
-        self._executor, self._conn, self._flusher = None, None, None
+        self._executor, self._conn = None, None
+        self._flusher, self._finisher = None, None
         try:
             # Queued behind every job already submitted (shielded writes included).
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
@@ -188,17 +193,35 @@ class SQLiteStore:
         )
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
-        """Shielded: a caller cancelled mid-write (shutdown) still has its outcome recorded."""
-        retry_at = next_attempt_for(outcome)
-        fn = partial(
-            q.finish,
-            claim=claim,
-            outcome=outcome,
-            retry_at=retry_at,
-            started_at=started_at,
-            now=now,
-        )
-        return await asyncio.shield(self._submit("finish", fn))
+        """Queued and written with the other outcomes waiting, in one transaction (group
+        commit, as for ingest). Shielded: a caller cancelled mid-write (shutdown) still has its
+        outcome recorded."""
+        if self._closing or self._executor is None:
+            raise StoreUnavailableError("store: finish: not open")
+        item = q.FinishItem(claim, outcome, next_attempt_for(outcome), started_at, now)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishes.append((item, future))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.get_running_loop().create_task(self._flush_finishes())
+        return await asyncio.shield(future)
+
+    async def _flush_finishes(self) -> None:
+        """Write queued outcomes, one transaction per batch, until the queue is empty."""
+        while self._finishes:
+            batch, self._finishes = self._finishes, []
+            try:
+                fut = self._submit("finish", partial(q.finish_batch, batch=[i for i, _ in batch]))
+                results = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                _answer_all(batch, StoreUnavailableError("store: finish: cancelled"))
+                raise
+            except Exception as exc:
+                _answer_all(batch, exc)
+                continue
+            self.finish_batches += 1
+            for (_, future), kept in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(kept)
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
@@ -244,6 +267,14 @@ class SQLiteStore:
 
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)
+
+
+def _answer_all(batch: list[tuple[q.FinishItem, asyncio.Future[bool]]], exc: Exception) -> None:
+    """Fail every still-waiting caller of a batch of outcomes that was not written."""
+    for _, future in batch:
+        if not future.done():
+            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
+            future.set_exception(StoreUnavailableError(str(exc)))
 
 
 def _fail(batch: list[_Waiter], exc: BaseException) -> None:

@@ -395,43 +395,61 @@ def claim(conn: sqlite3.Connection, *, now: float, limit: int, lease: float) -> 
     return claims
 
 
-def finish(
-    conn: sqlite3.Connection,
-    *,
-    claim: Claim,
-    outcome: Outcome,
-    retry_at: float | None,
-    started_at: float,
-    now: float,
-) -> bool:
+class FinishItem(NamedTuple):
+    """One attempt's outcome to record, as the worker thread sees it."""
+
+    claim: Claim
+    outcome: Outcome
+    retry_at: float | None
+    started_at: float
+    now: float
+
+
+def finish_batch(conn: sqlite3.Connection, batch: list[FinishItem]) -> list[bool]:
+    """Record a batch of outcomes in one transaction (one fsync for all of them).
+
+    Each is fenced by its lease token on its own: one whose lease was lost changes nothing
+    and answers False, the others are recorded.
+    """
     conn.execute("BEGIN IMMEDIATE")
+    kept = [_finish_one(conn, item) for item in batch]
+    conn.execute("COMMIT")
+    return kept
+
+
+def _finish_one(conn: sqlite3.Connection, item: FinishItem) -> bool:
+    claim, outcome = item.claim, item.outcome
     changed = conn.execute(
         _FINISH,
         (
             outcome.state,
-            retry_at,
-            retry_at,
+            item.retry_at,
+            item.retry_at,
             outcome.detail,
-            now,
+            item.now,
             claim.delivery_id,
             claim.lease_token,
         ),
     ).rowcount
     if changed != 1:
-        conn.execute("ROLLBACK")
         return False
     if outcome.deferred:
         conn.execute(
             "UPDATE deliveries SET attempts = attempts - 1 WHERE id = ?", (claim.delivery_id,)
         )
-        conn.execute("COMMIT")
         return True
     conn.execute(
         "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (claim.delivery_id, claim.attempt, started_at, now, outcome.state, outcome.detail),
+        (
+            claim.delivery_id,
+            claim.attempt,
+            item.started_at,
+            item.now,
+            outcome.state,
+            outcome.detail,
+        ),
     )
-    conn.execute("COMMIT")
     return True
 
 

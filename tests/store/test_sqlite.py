@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,6 +129,24 @@ async def test_concurrent_ingests_share_one_commit(store: SQLiteStore) -> None:
     assert store.ingest_batches == 1
     await store.ingest(make_event("alone"), [])
     assert store.ingest_batches == 2
+
+
+async def test_concurrent_outcomes_share_one_commit_and_keep_their_own_fence(
+    store: SQLiteStore, db_path: str
+) -> None:
+    for i in range(50):
+        await store.ingest(make_event(f"k{i}"), one_delivery(f"k{i}"))
+    claims = await store.claim(now=T0, limit=100, lease_seconds=30)
+    stale = replace(claims[0], lease_token="not-the-lease")
+    results = await asyncio.gather(
+        store.finish(stale, Outcome("dead", "x"), started_at=T0, now=T0 + 1),
+        *(store.finish(c, Outcome("delivered"), started_at=T0, now=T0 + 1) for c in claims),
+    )
+    assert store.finish_batches == 1
+    assert results == [False] + [True] * 50  # the stale one changed nothing, alone
+    assert count(db_path, "attempts") == 50
+    record = await store.get_delivery(claims[0].delivery_id)
+    assert record is not None and record.state == "delivered"
 
 
 async def test_locked_database_fails_every_waiter_and_stores_nothing(
