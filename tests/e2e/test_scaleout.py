@@ -245,15 +245,19 @@ async def test_two_receivers_and_two_workers_deliver_every_event_once(
 async def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, pg_url: str) -> None:
     arrivals: dict[str, list[float]] = {}
     async with downstream() as down:
-        down.delay = 0.2  # keep sends in flight, so the kill lands on some
+        # Each answer takes 0.5 s: a busy worker always has sends in flight.
+        down.delay = 0.5
         down.on_request = lambda r: arrivals.setdefault(r.headers["webhook-id"], []).append(
             time.monotonic()
         )
         with fleet(tmp_path, pg_url, down.url) as f:
             webs = [await f.web(), await f.web()]
-            victim = f.worker()
-            f.worker()
             await send_all(webs)
+            # The victim starts first and is seen sending before the other one starts, so the
+            # kill surely lands on sends of its own in flight.
+            victim = f.worker()
+            await wait_for_ids(down, 32, within=60)
+            f.worker()
             await wait_for_ids(down, CALLBACKS // 4, within=60)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
