@@ -52,6 +52,10 @@ DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_TIMEOUT = 5.0
 
 
+# Outcomes per statement: the arrays stay small and one slow batch holds few callers back.
+FINISH_BATCH = 500
+
+
 class PostgresStore:
     """A Store in a PostgreSQL database, shared by every replica that opens it.
 
@@ -86,6 +90,10 @@ class PostgresStore:
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
         self._writes: set[asyncio.Task[Any]] = set()
+        self._finishes: list[tuple[q.FinishItem, asyncio.Future[bool]]] = []
+        self._finisher: asyncio.Task[None] | None = None
+        # Group commits of outcomes, for metrics and tests.
+        self.finish_batches = 0
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -211,16 +219,38 @@ class PostgresStore:
         return await self._run("claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds))
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
-        retry_at = next_attempt_for(outcome)
-        fn = partial(
-            q.finish,
-            claim=claim,
-            outcome=outcome,
-            retry_at=retry_at,
-            started_at=started_at,
-            now=now,
-        )
-        return await self._write("finish", fn)
+        """Queued and written with the other outcomes waiting, in one statement (group
+        commit). Shielded: a caller cancelled mid-write (shutdown) still has its outcome
+        recorded, and close() waits for it."""
+        if self._pool is None or self._closing:
+            raise StoreUnavailableError("store: finish: not open")
+        item = q.FinishItem(claim, outcome, next_attempt_for(outcome), started_at, now)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishes.append((item, future))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.get_running_loop().create_task(self._flush_finishes())
+            self._writes.add(self._finisher)
+            self._finisher.add_done_callback(_forget(self._writes))
+        return await asyncio.shield(future)
+
+    async def _flush_finishes(self) -> None:
+        """Write queued outcomes, one statement per batch, until the queue is empty."""
+        while self._finishes:
+            batch = self._finishes[:FINISH_BATCH]
+            del self._finishes[:FINISH_BATCH]
+            items = [item for item, _ in batch]
+            try:
+                results = await self._run("finish", partial(q.finish_batch, batch=items))
+            except asyncio.CancelledError:
+                _answer_all(batch, StoreUnavailableError("store: finish: cancelled"))
+                raise
+            except Exception as exc:
+                _answer_all(batch, exc)
+                continue
+            self.finish_batches += 1
+            for (_, future), kept in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(kept)
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
@@ -257,6 +287,14 @@ class PostgresStore:
 
     async def pace(self, key: str, interval: float, now: float) -> float:
         return await self._run("pace", partial(q.pace, key=key, interval=interval, now=now))
+
+
+def _answer_all(batch: list[tuple[q.FinishItem, asyncio.Future[bool]]], exc: Exception) -> None:
+    """Fail every still-waiting caller of a batch of outcomes that was not written."""
+    for _, future in batch:
+        if not future.done():
+            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
+            future.set_exception(StoreUnavailableError(str(exc)))
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

@@ -11,7 +11,7 @@ in DOUBLE PRECISION, so every backend hands back exactly the floats it was given
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
@@ -192,22 +192,33 @@ NEXT_DUE_SQL = f"""
 """
 # Fenced by the lease token; a deferred outcome gives its attempt back and writes no attempt
 # row. One statement, so one transaction.
-FINISH_SQL = """
-    WITH done AS (
-        UPDATE deliveries
-        SET state = %(state)s, next_attempt_at = %(retry_at)s, due_at = %(retry_at)s,
-            lease_token = NULL, lease_until = NULL, last_error = %(detail)s,
-            updated_at = %(now)s,
-            attempts = attempts - CASE WHEN %(deferred)s THEN 1 ELSE 0 END
-        WHERE id = %(id)s AND state = 'sending' AND lease_token = %(token)s
-        RETURNING id
+# Many outcomes in one statement (and one commit): each row is fenced by its own lease token,
+# so one whose lease was lost changes nothing while the others are recorded. Attempt rows go in
+# the order given (attempts.seq orders them).
+FINISH_BATCH_SQL = """
+    WITH input AS (
+        SELECT * FROM unnest(
+            %(ids)s::text[], %(tokens)s::text[], %(states)s::text[], %(retry_ats)s::float8[],
+            %(details)s::text[], %(nows)s::float8[], %(deferred)s::bool[], %(attempts)s::int[],
+            %(started_ats)s::float8[]
+        ) WITH ORDINALITY
+            AS i (id, token, state, retry_at, detail, now, deferred, attempt, started_at, ord)
+    ), done AS (
+        UPDATE deliveries AS d
+        SET state = i.state, next_attempt_at = i.retry_at, due_at = i.retry_at,
+            lease_token = NULL, lease_until = NULL, last_error = i.detail, updated_at = i.now,
+            attempts = d.attempts - CASE WHEN i.deferred THEN 1 ELSE 0 END
+        FROM input AS i
+        WHERE d.id = i.id AND d.state = 'sending' AND d.lease_token = i.token
+        RETURNING d.id, i.token
     ), attempt AS (
         INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)
-        SELECT id, %(attempt)s, %(started_at)s, %(now)s, %(state)s, %(detail)s
-        FROM done
-        WHERE NOT %(deferred)s
+        SELECT i.id, i.attempt, i.started_at, i.now, i.state, i.detail
+        FROM input AS i JOIN done ON done.id = i.id AND done.token = i.token
+        WHERE NOT i.deferred
+        ORDER BY i.ord
     )
-    SELECT count(*) FROM done
+    SELECT id, token FROM done
 """
 REPLAY_SQL = """
     UPDATE deliveries
@@ -331,31 +342,34 @@ async def claim(conn: Conn, *, now: float, limit: int, lease: float) -> list[Cla
     ]
 
 
-async def finish(
-    conn: Conn,
-    *,
-    claim: Claim,
-    outcome: Outcome,
-    retry_at: float | None,
-    started_at: float,
-    now: float,
-) -> bool:
+class FinishItem(NamedTuple):
+    """One attempt's outcome to record."""
+
+    claim: Claim
+    outcome: Outcome
+    retry_at: float | None
+    started_at: float
+    now: float
+
+
+async def finish_batch(conn: Conn, batch: list[FinishItem]) -> list[bool]:
+    """Record a batch of outcomes in one statement; for each, whether its lease still held."""
     cur = await conn.execute(
-        FINISH_SQL,
+        FINISH_BATCH_SQL,
         {
-            "state": outcome.state,
-            "retry_at": retry_at,
-            "detail": outcome.detail,
-            "now": now,
-            "deferred": outcome.deferred,
-            "id": claim.delivery_id,
-            "token": claim.lease_token,
-            "attempt": claim.attempt,
-            "started_at": started_at,
+            "ids": [i.claim.delivery_id for i in batch],
+            "tokens": [i.claim.lease_token for i in batch],
+            "states": [i.outcome.state for i in batch],
+            "retry_ats": [i.retry_at for i in batch],
+            "details": [i.outcome.detail for i in batch],
+            "nows": [i.now for i in batch],
+            "deferred": [i.outcome.deferred for i in batch],
+            "attempts": [i.claim.attempt for i in batch],
+            "started_ats": [i.started_at for i in batch],
         },
     )
-    row = await cur.fetchone()
-    return row is not None and row[0] == 1
+    kept = {(row[0], row[1]) for row in await cur.fetchall()}
+    return [(i.claim.delivery_id, i.claim.lease_token) in kept for i in batch]
 
 
 def _record(row: TupleRow) -> DeliveryRecord:

@@ -381,3 +381,32 @@ def test_with_database_keeps_the_rest_of_the_url() -> None:
         with_database("postgresql://u:p@h:1/postgres?sslmode=disable", "x")
         == "postgresql://u:p@h:1/x?sslmode=disable"
     )
+
+
+async def test_concurrent_outcomes_share_one_statement_and_keep_their_own_fence(
+    replicas: list[PostgresStore], pg_url: str
+) -> None:
+    store = replicas[0]
+    for i in range(50):
+        await store.ingest(make_event(f"k{i}"), [NewDelivery(f"k{i}-d", "dest", 0)])
+    claims = await store.claim(now=T0, limit=100, lease_seconds=30)
+    stale = Claim(
+        delivery_id=claims[0].delivery_id,
+        event=claims[0].event,
+        destination=claims[0].destination,
+        route=claims[0].route,
+        attempt=claims[0].attempt,
+        lease_token="not-the-lease",
+        lease_until=claims[0].lease_until,
+    )
+    wait = Outcome("pending", "paced", next_attempt_at=T0 + 1, deferred=True)
+    results = await asyncio.gather(
+        store.finish(stale, Outcome("dead", "x"), started_at=T0, now=T0 + 1),
+        store.finish(claims[1], wait, started_at=T0, now=T0 + 1),
+        *(store.finish(c, Outcome("delivered"), T0, T0 + 1) for c in claims[:1] + claims[2:]),
+    )
+    assert store.finish_batches == 1
+    assert results == [False] + [True] * 50  # the stale one changed nothing, alone
+    assert await sql(pg_url, "SELECT count(*) FROM attempts") == [(49,)]  # deferred: no row
+    rows = await sql(pg_url, "SELECT state, attempts FROM deliveries ORDER BY seq LIMIT 2")
+    assert rows == [("delivered", 1), ("pending", 0)]
