@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -52,7 +52,9 @@ DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_TIMEOUT = 5.0
 
 
-# Outcomes per statement: the arrays stay small and one slow batch holds few callers back.
+# Callbacks and outcomes per transaction: the arrays stay small and one slow batch holds few
+# callers back.
+INGEST_BATCH = 500
 FINISH_BATCH = 500
 
 
@@ -90,6 +92,10 @@ class PostgresStore:
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
         self._writes: set[asyncio.Task[Any]] = set()
+        self._ingests: list[tuple[q.IngestItem, asyncio.Future[IngestResult]]] = []
+        self._ingesters: set[asyncio.Task[None]] = set()
+        self._max_ingesters = max(1, pool_size // 2)
+        self.ingest_batches = 0
         self._finishes: list[tuple[q.FinishItem, asyncio.Future[bool]]] = []
         self._finisher: asyncio.Task[None] | None = None
         # Group commits of outcomes, for metrics and tests.
@@ -205,13 +211,65 @@ class PostgresStore:
         await self._run("ping", q.ping)
 
     async def ingest(self, event: TaskEvent, deliveries: list[NewDelivery]) -> IngestResult:
+        """Queued and written with the other callbacks waiting, in one transaction (group
+        commit, as on SQLite). The caller gets its answer once that transaction committed."""
         if self._pool is None or self._closing:
             raise StoreUnavailableError("store: ingest: not open")
-        # Serialized here, so a model that cannot be dumped fails before taking a connection.
-        fn = partial(
-            q.ingest, event=event, event_json=event.model_dump_json(), deliveries=list(deliveries)
-        )
-        return await self._run("ingest", fn)
+        # Serialized here, so a model that cannot be dumped fails its own caller only.
+        item = q.IngestItem(event, event.model_dump_json(), list(deliveries))
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._ingests.append((item, future))
+        # Several flushers at once (each a connection): a batch waiting on another replica's
+        # group lock must not hold back every callback behind it.
+        if len(self._ingesters) < self._max_ingesters:
+            task = asyncio.get_running_loop().create_task(self._flush_ingests())
+            self._ingesters.add(task)
+            task.add_done_callback(self._ingesters.discard)
+            self._writes.add(task)
+            task.add_done_callback(_forget(self._writes))
+        return await future
+
+    async def _flush_ingests(self) -> None:
+        """Write queued callbacks, one transaction per batch, until the queue is empty."""
+        while self._ingests:
+            batch = self._ingests[:INGEST_BATCH]
+            del self._ingests[:INGEST_BATCH]
+            items = [item for item, _ in batch]
+            results: list[IngestResult | StoreUnavailableError]
+            try:
+                try:
+                    results = [*await self._run("ingest", partial(q.ingest_batch, batch=items))]
+                except StoreUnavailableError as exc:
+                    if not isinstance(exc.__cause__, psycopg.IntegrityError) or len(batch) == 1:
+                        raise
+                    # A constraint broke (an id clash: a bug): each alone, so only it fails.
+                    results = await self._one_by_one(items)
+            except asyncio.CancelledError:
+                _answer_all(batch, StoreUnavailableError("store: ingest: cancelled"))
+                raise
+            except Exception as exc:
+                _answer_all(batch, exc)
+                continue
+            self.ingest_batches += 1
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled; the rows are stored anyway
+                    continue
+                if isinstance(result, IngestResult):
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+
+    async def _one_by_one(
+        self, items: list[q.IngestItem]
+    ) -> list[IngestResult | StoreUnavailableError]:
+        results: list[IngestResult | StoreUnavailableError] = []
+        for item in items:
+            try:
+                [result] = await self._run("ingest", partial(q.ingest_batch, batch=[item]))
+                results.append(result)
+            except StoreUnavailableError as exc:
+                results.append(exc)
+        return results
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         if limit <= 0:  # PostgreSQL refuses a negative LIMIT
@@ -289,8 +347,8 @@ class PostgresStore:
         return await self._run("pace", partial(q.pace, key=key, interval=interval, now=now))
 
 
-def _answer_all(batch: list[tuple[q.FinishItem, asyncio.Future[bool]]], exc: Exception) -> None:
-    """Fail every still-waiting caller of a batch of outcomes that was not written."""
+def _answer_all(batch: Sequence[tuple[object, asyncio.Future[Any]]], exc: Exception) -> None:
+    """Fail every still-waiting caller of a batch that was not written."""
     for _, future in batch:
         if not future.done():
             # A fresh exception per waiter: a shared one would collect everyone's tracebacks.

@@ -107,47 +107,45 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-# Ingest in one statement, one round trip: the event, and its deliveries only if the event was
-# new (a duplicate's insert returns no row, so the deliveries' SELECT has none to join). The
-# foreign key sees the event: constraints are checked at the end of the statement. WITH
-# ORDINALITY and ORDER BY: seq follows the order of the caller's list.
-#
-# Group locks: within an ordered group, commit order must be creation (seq) order, or a claim
-# could see a later delivery of a group before an earlier one commits, and send it first. One
-# transaction-level advisory lock per (group, destination), taken before the inserts, makes
-# concurrent ingests of one group take turns. Data flow orders the statement: the event's
-# insert reads a row of ``locks``, which is an aggregate, so every lock is held before anything
-# is inserted (the deliveries' insert reads the event's). The keys are taken in sorted order,
-# so two ingests never wait on each other in a circle. No group, no lock.
-INGEST_SQL = """
-    WITH locks AS (
-        SELECT count(pg_advisory_xact_lock(k)) AS n
-        FROM (
-            SELECT DISTINCT hashtextextended(g || chr(31) || d, 0) AS k
-            FROM unnest(%(groups)s::text[], %(destinations)s::text[]) AS t (g, d)
-            WHERE g IS NOT NULL
-            ORDER BY k
-        ) AS keys
-    ), ev AS (
-        INSERT INTO events
-            (id, source, provider, task_id, dedupe_key, status, received_at, event_json)
-        SELECT %(id)s, %(source)s, %(provider)s, %(task_id)s, %(dedupe_key)s, %(status)s,
-            %(received)s, %(event_json)s
-        FROM locks
-        ON CONFLICT (source, dedupe_key) DO NOTHING
-        RETURNING id
-    ), ins AS (
-        INSERT INTO deliveries (id, event_id, destination, route, grp, state, attempts,
-            next_attempt_at, created_at, updated_at, due_at)
-        SELECT n.id, ev.id, n.destination, n.route, n.grp, 'pending', 0,
-            %(received)s, %(received)s, %(received)s, %(received)s
-        FROM ev, unnest(%(ids)s::text[], %(destinations)s::text[], %(routes)s::int[],
-                %(groups)s::text[]) WITH ORDINALITY AS n (id, destination, route, grp, ord)
-        ORDER BY n.ord
-    )
-    SELECT id FROM ev
+# Ingest, batched (group commit): one transaction for many callbacks, a few statements whatever
+# their number. Group locks: within an ordered group, commit order must be creation (seq)
+# order, or a claim could see a later delivery of a group before an earlier one commits, and
+# send it first. One transaction-level advisory lock per (group, destination), taken first in
+# one sorted order (no deadlock between replicas) and held to the commit. No group, no lock.
+BATCH_LOCKS_SQL = """
+    SELECT count(pg_advisory_xact_lock(k)) FROM (
+        SELECT DISTINCT hashtextextended(g || chr(31) || d, 0) AS k
+        FROM unnest(%(groups)s::text[], %(destinations)s::text[]) AS t (g, d)
+        ORDER BY k
+    ) AS keys
 """
-EXISTING_EVENT_SQL = "SELECT id FROM events WHERE source = %s AND dedupe_key = %s"
+# Arrays go in binary (%b): in text format every quote of the event JSON is escaped by a
+# regular expression on our side, which cost more than the rest of the insert.
+BATCH_EVENTS_SQL = """
+    INSERT INTO events
+        (id, source, provider, task_id, dedupe_key, status, received_at, event_json)
+    SELECT * FROM unnest(%(ids)b::text[], %(sources)b::text[], %(providers)b::text[],
+        %(task_ids)b::text[], %(dedupe_keys)b::text[], %(statuses)b::text[],
+        %(received)b::float8[], %(jsons)b::text[])
+    ON CONFLICT (source, dedupe_key) DO NOTHING
+    RETURNING id
+"""
+BATCH_DELIVERIES_SQL = """
+    INSERT INTO deliveries (id, event_id, destination, route, grp, state, attempts,
+        next_attempt_at, created_at, updated_at, due_at)
+    SELECT n.id, n.event_id, n.destination, n.route, n.grp, 'pending', 0,
+        n.received, n.received, n.received, n.received
+    FROM unnest(%(ids)b::text[], %(event_ids)b::text[], %(destinations)b::text[],
+            %(routes)b::int[], %(groups)b::text[], %(received)b::float8[])
+        WITH ORDINALITY AS n (id, event_id, destination, route, grp, received, ord)
+    ORDER BY n.ord
+"""
+# A new statement sees what other replicas committed while our insert waited on their rows.
+BATCH_EXISTING_SQL = """
+    SELECT e.source, e.dedupe_key, e.id
+    FROM unnest(%(sources)b::text[], %(dedupe_keys)b::text[]) AS k (source, dedupe_key)
+    JOIN events AS e ON e.source = k.source AND e.dedupe_key = k.dedupe_key
+"""
 
 # A delivery of an ordered group waits while an earlier one of its group and destination is
 # unfinished: exactly MemoryStore's _held_back.
@@ -198,9 +196,9 @@ NEXT_DUE_SQL = f"""
 FINISH_BATCH_SQL = """
     WITH input AS (
         SELECT * FROM unnest(
-            %(ids)s::text[], %(tokens)s::text[], %(states)s::text[], %(retry_ats)s::float8[],
-            %(details)s::text[], %(nows)s::float8[], %(deferred)s::bool[], %(attempts)s::int[],
-            %(started_ats)s::float8[]
+            %(ids)b::text[], %(tokens)b::text[], %(states)b::text[], %(retry_ats)b::float8[],
+            %(details)b::text[], %(nows)b::float8[], %(deferred)b::bool[], %(attempts)b::int[],
+            %(started_ats)b::float8[]
         ) WITH ORDINALITY
             AS i (id, token, state, retry_at, detail, now, deferred, attempt, started_at, ord)
     ), done AS (
@@ -293,36 +291,79 @@ async def ping(conn: Conn) -> None:
     await conn.execute(PING_SQL)
 
 
-async def ingest(
-    conn: Conn, event: TaskEvent, event_json: str, deliveries: list[NewDelivery]
-) -> IngestResult:
-    """Store the event and its deliveries, or find the event it duplicates."""
-    received = event.received_at.timestamp()
-    params = {
-        "id": event.id,
-        "source": event.source,
-        "provider": event.provider,
-        "task_id": event.task_id,
-        "dedupe_key": event.dedupe_key,
-        "status": event.status,
-        "received": received,
-        "event_json": event_json,
-        "ids": [d.id for d in deliveries],
-        "destinations": [d.destination for d in deliveries],
-        "routes": [d.route for d in deliveries],
-        "groups": [d.group for d in deliveries],
-    }
-    # One statement: its own transaction, on the autocommit connection.
-    row = await (await conn.execute(INGEST_SQL, params)).fetchone()
-    if row is not None:
-        return IngestResult(event_id=event.id, duplicate=False)
-    # A duplicate. A new statement takes a new snapshot, so it sees the first event even when
-    # that one was committed by another replica while our insert waited on it.
-    cur = await conn.execute(EXISTING_EVENT_SQL, (event.source, event.dedupe_key))
-    existing = await cur.fetchone()
-    if existing is None:  # deleted in between: nothing deletes events, so not expected
-        raise StoreUnavailableError("store: ingest: the duplicated event vanished")
-    return IngestResult(event_id=cast(str, existing[0]), duplicate=True)
+class IngestItem(NamedTuple):
+    """One callback's event (serialized already) and its deliveries."""
+
+    event: TaskEvent
+    event_json: str
+    deliveries: list[NewDelivery]
+
+
+async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult]:
+    """Store a batch of events and their deliveries in one transaction, or none of it.
+
+    Events whose (source, dedupe_key) is already stored, by an earlier row, another replica
+    or an earlier item of this batch, come back as duplicates of that event, with no
+    deliveries. Any other failure (an id clash: a bug) fails the whole batch; the caller then
+    stores the items one by one so only the offending one is refused.
+    """
+    async with conn.transaction():
+        groups = [(d.group, d.destination) for i in batch for d in i.deliveries if d.group]
+        if groups:
+            await conn.execute(
+                BATCH_LOCKS_SQL,
+                {"groups": [g for g, _ in groups], "destinations": [d for _, d in groups]},
+            )
+        events = [i.event for i in batch]
+        cur = await conn.execute(
+            BATCH_EVENTS_SQL,
+            {
+                "ids": [e.id for e in events],
+                "sources": [e.source for e in events],
+                "providers": [e.provider for e in events],
+                "task_ids": [e.task_id for e in events],
+                "dedupe_keys": [e.dedupe_key for e in events],
+                "statuses": [e.status for e in events],
+                "received": [e.received_at.timestamp() for e in events],
+                "jsons": [i.event_json for i in batch],
+            },
+        )
+        stored = {row[0] for row in await cur.fetchall()}
+        new = [i for i in batch if i.event.id in stored]
+        rows = [(d, i.event) for i in new for d in i.deliveries]
+        if rows:
+            await conn.execute(
+                BATCH_DELIVERIES_SQL,
+                {
+                    "ids": [d.id for d, _ in rows],
+                    "event_ids": [e.id for _, e in rows],
+                    "destinations": [d.destination for d, _ in rows],
+                    "routes": [d.route for d, _ in rows],
+                    "groups": [d.group for d, _ in rows],
+                    "received": [e.received_at.timestamp() for _, e in rows],
+                },
+            )
+        known: dict[tuple[str, str], str] = {}
+        others = [i.event for i in batch if i.event.id not in stored]
+        if others:
+            cur = await conn.execute(
+                BATCH_EXISTING_SQL,
+                {
+                    "sources": [e.source for e in others],
+                    "dedupe_keys": [e.dedupe_key for e in others],
+                },
+            )
+            known = {(source, key): event_id for source, key, event_id in await cur.fetchall()}
+    results = []
+    for event in events:
+        if event.id in stored:
+            results.append(IngestResult(event_id=event.id, duplicate=False))
+            continue
+        existing = known.get((event.source, event.dedupe_key))
+        if existing is None:  # nothing deletes events: not expected
+            raise StoreUnavailableError("store: ingest: the duplicated event vanished")
+        results.append(IngestResult(event_id=existing, duplicate=True))
+    return results
 
 
 async def claim(conn: Conn, *, now: float, limit: int, lease: float) -> list[Claim]:

@@ -185,7 +185,7 @@ async def test_a_newer_schema_is_refused(pg_url: str) -> None:
 
 async def test_ingests_of_one_group_take_turns(pg_url: str) -> None:
     """The group lock: while another transaction holds it, a grouped ingest waits (so commit
-    order is creation order); an ungrouped one does not."""
+    order is creation order); callbacks arriving meanwhile are not held back behind it."""
     store = PostgresStore.from_url(pg_url)
     await store.open()
     try:
@@ -196,7 +196,10 @@ async def test_ingests_of_one_group_take_turns(pg_url: str) -> None:
             grouped = asyncio.ensure_future(
                 store.ingest(make_event("g"), [NewDelivery("g-d", "slack", 0, group="t1")])
             )
-            await store.ingest(make_event("u"), [NewDelivery("u-d", "slack", 0)])
+            await asyncio.sleep(0.2)  # its transaction now waits for the lock
+            await asyncio.wait_for(
+                store.ingest(make_event("u"), [NewDelivery("u-d", "slack", 0)]), 10
+            )
             await asyncio.sleep(0.2)
             assert not grouped.done()
             await other.rollback()
@@ -410,3 +413,15 @@ async def test_concurrent_outcomes_share_one_statement_and_keep_their_own_fence(
     assert await sql(pg_url, "SELECT count(*) FROM attempts") == [(49,)]  # deferred: no row
     rows = await sql(pg_url, "SELECT state, attempts FROM deliveries ORDER BY seq LIMIT 2")
     assert rows == [("delivered", 1), ("pending", 0)]
+
+
+async def test_concurrent_ingests_share_a_transaction(replicas: list[PostgresStore]) -> None:
+    store = replicas[0]
+    results = await asyncio.gather(
+        *(store.ingest(make_event(f"k{i}"), [NewDelivery(f"k{i}-d", "d", 0)]) for i in range(200)),
+        store.ingest(make_event("k7", id="ev-again"), []),  # a duplicate inside the batch
+    )
+    assert store.ingest_batches <= store._max_ingesters
+    assert [r.duplicate for r in results] == [False] * 200 + [True]
+    assert results[-1].event_id == "ev-k7"
+    assert len(await store.list_deliveries(limit=1000)) == 200
