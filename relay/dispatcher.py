@@ -94,6 +94,9 @@ class Dispatcher:
         Claims only as many deliveries as there are free send slots, so no lease ticks away
         while its delivery waits for a slot.
         """
+        # Deliveries made due by other processes (receivers, `relay replay`) wake us too,
+        # where the store can tell; otherwise the idle poll finds them.
+        self._store.watch(self.wake)
         while not stop.is_set():
             self._wakeup.clear()
             free = self._concurrency - len(self._in_flight)

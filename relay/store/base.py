@@ -6,6 +6,7 @@ The store only persists: it never sends and never decides retries. Times are uni
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -165,3 +166,7 @@ class Store(ChannelState, Protocol):
     async def next_due(self) -> float | None:
         """When the earliest pending delivery or lease falls due, or None if none is waiting.
         Deliveries held back by an earlier one of their group do not count."""
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process makes deliveries due (new or replayed), where
+        the backend can tell; until close(). Backends that cannot leave it to polling."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,6 +205,10 @@ class MemoryStore:
         d.next_attempt_at = now
         d.updated_at = now
         return True
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: in one process the receiver wakes the dispatcher itself, and
+        other processes on this file find new deliveries by polling."""
 
     async def next_due(self) -> float | None:
         data = self._require("next due")

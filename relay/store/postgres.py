@@ -18,6 +18,8 @@ operation, with any password scrubbed out of the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +44,8 @@ from relay.store.base import (
     Outcome,
 )
 from relay.store.memory import next_attempt_for
+
+log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
 
@@ -93,6 +97,7 @@ class PostgresStore:
         self._closing = False
         self._writes: set[asyncio.Task[Any]] = set()
         self._ingests: list[tuple[q.IngestItem, asyncio.Future[IngestResult]]] = []
+        self._listener: asyncio.Task[None] | None = None
         self._ingesters: set[asyncio.Task[None]] = set()
         self._max_ingesters = max(1, pool_size // 2)
         self.ingest_batches = 0
@@ -175,8 +180,38 @@ class PostgresStore:
             raise self._unavailable("open", exc) from exc
         self._pool, self._closing = pool, False
 
+    def watch(self, wake: Callable[[], None]) -> None:
+        """LISTEN on a connection of its own: every replica's ingest and replay NOTIFY, so a
+        worker in another process starts at once instead of at its next poll."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(wake))
+
+    async def _listen(self, wake: Callable[[], None]) -> None:
+        delay = 1.0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, **self._connect_kwargs()
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {q.NOTIFY_CHANNEL}")
+                    delay = 1.0
+                    wake()  # whatever became due while nobody was listening
+                    async for _ in conn.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                # Polling still finds the work meanwhile: a warning, then try again.
+                log.warning("%s; retrying in %.0f s", self._unavailable("listen", exc), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def close(self) -> None:
         """Let the outcome writes under way finish, then close every connection."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._pool is None:
             return
         self._closing = True

@@ -107,6 +107,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Ingests and replays NOTIFY this channel (delivered at commit); workers LISTEN on it.
+NOTIFY_CHANNEL = "relay_due"
+NOTIFY_SQL = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+
 # Ingest, batched (group commit): one transaction for many callbacks, a few statements whatever
 # their number. Group locks: within an ordered group, commit order must be creation (seq)
 # order, or a claim could see a later delivery of a group before an earlier one commits, and
@@ -218,11 +222,15 @@ FINISH_BATCH_SQL = """
     )
     SELECT id, token FROM done
 """
-REPLAY_SQL = """
-    UPDATE deliveries
-    SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
-        updated_at = %(now)s
-    WHERE id = %(id)s AND state = 'dead'
+REPLAY_SQL = f"""
+    WITH replayed AS (
+        UPDATE deliveries
+        SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id = %(id)s AND state = 'dead'
+        RETURNING id
+    )
+    SELECT pg_notify('{NOTIFY_CHANNEL}', id) FROM replayed
 """
 _RECORD_COLUMNS = """
     SELECT d.id, d.event_id, e.source, e.task_id, e.status, d.destination, d.route, d.state,
@@ -343,6 +351,7 @@ async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult
                     "received": [e.received_at.timestamp() for _, e in rows],
                 },
             )
+            await conn.execute(NOTIFY_SQL)
         known: dict[tuple[str, str], str] = {}
         others = [i.event for i in batch if i.event.id not in stored]
         if others:
@@ -469,7 +478,7 @@ async def get_event(conn: Conn, *, event_id: str) -> TaskEvent | None:
 
 async def replay(conn: Conn, *, delivery_id: str, now: float) -> bool:
     cur = await conn.execute(REPLAY_SQL, {"id": delivery_id, "now": now})
-    return cur.rowcount == 1
+    return len(await cur.fetchall()) == 1
 
 
 async def next_due(conn: Conn) -> float | None:

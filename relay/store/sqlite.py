@@ -265,6 +265,10 @@ class SQLiteStore:
     async def pace(self, key: str, interval: float, now: float) -> float:
         return await self._submit("pace", partial(q.pace, key=key, interval=interval, now=now))
 
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: in one process the receiver wakes the dispatcher itself, and
+        other processes on this file find new deliveries by polling."""
+
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)
 

@@ -425,3 +425,37 @@ async def test_concurrent_ingests_share_a_transaction(replicas: list[PostgresSto
     assert [r.duplicate for r in results] == [False] * 200 + [True]
     assert results[-1].event_id == "ev-k7"
     assert len(await store.list_deliveries(limit=1000)) == 200
+
+
+async def test_a_watching_replica_is_woken_by_another_replicas_ingest_and_replay(
+    replicas: list[PostgresStore],
+) -> None:
+    receiver, worker = replicas
+    woken = asyncio.Event()
+    worker.watch(woken.set)
+    await asyncio.wait_for(woken.wait(), 10)  # once on listening: whatever was already due
+    woken.clear()
+
+    await receiver.ingest(make_event("k1"), [NewDelivery("k1-d", "d", 0)])
+    await asyncio.wait_for(woken.wait(), 10)
+    woken.clear()
+
+    [claim] = await worker.claim(now=T0, limit=10, lease_seconds=30)
+    await worker.finish(claim, Outcome("dead", "404"), started_at=T0, now=T0)
+    await asyncio.sleep(0.2)
+    assert not woken.is_set()  # an outcome makes nothing newly due elsewhere
+    assert await receiver.replay("k1-d", T0 + 1)
+    await asyncio.wait_for(woken.wait(), 10)
+
+
+async def test_a_duplicate_ingest_does_not_wake_anyone(replicas: list[PostgresStore]) -> None:
+    receiver, worker = replicas
+    await receiver.ingest(make_event("k1"), [NewDelivery("k1-d", "d", 0)])
+    woken = asyncio.Event()
+    worker.watch(woken.set)
+    await asyncio.wait_for(woken.wait(), 10)
+    woken.clear()
+    result = await receiver.ingest(make_event("k1", id="ev-again"), [NewDelivery("x-d", "d", 0)])
+    assert result.duplicate
+    await asyncio.sleep(0.3)
+    assert not woken.is_set()
