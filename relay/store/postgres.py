@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -43,6 +43,7 @@ from relay.store.base import (
     NewDelivery,
     Outcome,
 )
+from relay.store.batching import GroupCommit
 from relay.store.memory import next_attempt_for
 
 log = logging.getLogger("relay.store")
@@ -54,12 +55,6 @@ URL_OPTIONS = ("pool_size", "pool_min", "pool_timeout")
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_TIMEOUT = 5.0
-
-
-# Callbacks and outcomes per transaction: the arrays stay small and one slow batch holds few
-# callers back.
-INGEST_BATCH = 500
-FINISH_BATCH = 500
 
 
 class PostgresStore:
@@ -96,15 +91,16 @@ class PostgresStore:
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
         self._writes: set[asyncio.Task[Any]] = set()
-        self._ingests: list[tuple[q.IngestItem, asyncio.Future[IngestResult]]] = []
         self._listener: asyncio.Task[None] | None = None
-        self._ingesters: set[asyncio.Task[None]] = set()
+        # Several ingest writers at once (each a connection): a batch waiting on another
+        # replica's group lock must not hold back every callback behind it.
         self._max_ingesters = max(1, pool_size // 2)
-        self.ingest_batches = 0
-        self._finishes: list[tuple[q.FinishItem, asyncio.Future[bool]]] = []
-        self._finisher: asyncio.Task[None] | None = None
-        # Group commits of outcomes, for metrics and tests.
-        self.finish_batches = 0
+        self._ingests: GroupCommit[q.IngestItem, IngestResult] = GroupCommit(
+            "ingest", self._write_ingests, writers=self._max_ingesters
+        )
+        self._finishes: GroupCommit[q.FinishItem, bool] = GroupCommit(
+            "finish", self._write_finishes
+        )
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -215,6 +211,8 @@ class PostgresStore:
         if self._pool is None:
             return
         self._closing = True
+        await self._ingests.wait()
+        await self._finishes.wait()
         if self._writes:
             await asyncio.wait(set(self._writes))
         pool, self._pool = self._pool, None
@@ -252,51 +250,17 @@ class PostgresStore:
             raise StoreUnavailableError("store: ingest: not open")
         # Serialized here, so a model that cannot be dumped fails its own caller only.
         item = q.IngestItem(event, event.model_dump_json(), list(deliveries))
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._ingests.append((item, future))
-        # Several flushers at once (each a connection): a batch waiting on another replica's
-        # group lock must not hold back every callback behind it.
-        if len(self._ingesters) < self._max_ingesters:
-            task = asyncio.get_running_loop().create_task(self._flush_ingests())
-            self._ingesters.add(task)
-            task.add_done_callback(self._ingesters.discard)
-            self._writes.add(task)
-            task.add_done_callback(_forget(self._writes))
-        return await future
+        return await self._ingests.put(item)
 
-    async def _flush_ingests(self) -> None:
-        """Write queued callbacks, one transaction per batch, until the queue is empty."""
-        while self._ingests:
-            batch = self._ingests[:INGEST_BATCH]
-            del self._ingests[:INGEST_BATCH]
-            items = [item for item, _ in batch]
-            results: list[IngestResult | StoreUnavailableError]
-            try:
-                try:
-                    results = [*await self._run("ingest", partial(q.ingest_batch, batch=items))]
-                except StoreUnavailableError as exc:
-                    if not isinstance(exc.__cause__, psycopg.IntegrityError) or len(batch) == 1:
-                        raise
-                    # A constraint broke (an id clash: a bug): each alone, so only it fails.
-                    results = await self._one_by_one(items)
-            except asyncio.CancelledError:
-                _answer_all(batch, StoreUnavailableError("store: ingest: cancelled"))
-                raise
-            except Exception as exc:
-                _answer_all(batch, exc)
-                continue
-            self.ingest_batches += 1
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller was cancelled; the rows are stored anyway
-                    continue
-                if isinstance(result, IngestResult):
-                    future.set_result(result)
-                else:
-                    future.set_exception(result)
-
-    async def _one_by_one(
+    async def _write_ingests(
         self, items: list[q.IngestItem]
     ) -> list[IngestResult | StoreUnavailableError]:
+        try:
+            return [*await self._run("ingest", partial(q.ingest_batch, batch=items))]
+        except StoreUnavailableError as exc:
+            if not isinstance(exc.__cause__, psycopg.IntegrityError) or len(items) == 1:
+                raise
+        # A constraint broke (an id clash: a bug): each alone, so only that one fails.
         results: list[IngestResult | StoreUnavailableError] = []
         for item in items:
             try:
@@ -318,32 +282,18 @@ class PostgresStore:
         if self._pool is None or self._closing:
             raise StoreUnavailableError("store: finish: not open")
         item = q.FinishItem(claim, outcome, next_attempt_for(outcome), started_at, now)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finishes.append((item, future))
-        if self._finisher is None or self._finisher.done():
-            self._finisher = asyncio.get_running_loop().create_task(self._flush_finishes())
-            self._writes.add(self._finisher)
-            self._finisher.add_done_callback(_forget(self._writes))
-        return await asyncio.shield(future)
+        return await asyncio.shield(self._finishes.put(item))
 
-    async def _flush_finishes(self) -> None:
-        """Write queued outcomes, one statement per batch, until the queue is empty."""
-        while self._finishes:
-            batch = self._finishes[:FINISH_BATCH]
-            del self._finishes[:FINISH_BATCH]
-            items = [item for item, _ in batch]
-            try:
-                results = await self._run("finish", partial(q.finish_batch, batch=items))
-            except asyncio.CancelledError:
-                _answer_all(batch, StoreUnavailableError("store: finish: cancelled"))
-                raise
-            except Exception as exc:
-                _answer_all(batch, exc)
-                continue
-            self.finish_batches += 1
-            for (_, future), kept in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(kept)
+    async def _write_finishes(self, items: list[q.FinishItem]) -> list[bool]:
+        return await self._run("finish", partial(q.finish_batch, batch=items))
+
+    @property
+    def ingest_batches(self) -> int:
+        return self._ingests.batches
+
+    @property
+    def finish_batches(self) -> int:
+        return self._finishes.batches
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
@@ -380,14 +330,6 @@ class PostgresStore:
 
     async def pace(self, key: str, interval: float, now: float) -> float:
         return await self._run("pace", partial(q.pace, key=key, interval=interval, now=now))
-
-
-def _answer_all(batch: Sequence[tuple[object, asyncio.Future[Any]]], exc: Exception) -> None:
-    """Fail every still-waiting caller of a batch that was not written."""
-    for _, future in batch:
-        if not future.done():
-            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
-            future.set_exception(StoreUnavailableError(str(exc)))
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
@@ -34,18 +34,12 @@ from relay.store.base import (
     NewDelivery,
     Outcome,
 )
+from relay.store.batching import GroupCommit
 from relay.store.memory import next_attempt_for
 
 T = TypeVar("T")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-
-class _Waiter(NamedTuple):
-    """One queued ingest: the worker thread gets ``item``; only the loop touches ``future``."""
-
-    item: q.IngestItem
-    future: asyncio.Future[IngestResult]
 
 
 class SQLiteStore:
@@ -66,12 +60,12 @@ class SQLiteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closing = False
-        self._queue: list[_Waiter] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._finishes: list[tuple[q.FinishItem, asyncio.Future[bool]]] = []
-        self._finisher: asyncio.Task[None] | None = None
-        self.ingest_batches = 0
-        self.finish_batches = 0
+        self._ingests: GroupCommit[q.IngestItem, IngestResult] = GroupCommit(
+            "ingest", self._write_ingests
+        )
+        self._finishes: GroupCommit[q.FinishItem, bool] = GroupCommit(
+            "finish", self._write_finishes
+        )
 
     async def open(self) -> None:
         """Create the file (and its directory) if missing, set WAL mode, apply migrations."""
@@ -113,13 +107,10 @@ class SQLiteStore:
         if self._executor is None or self._conn is None:
             return
         self._closing = True
-        pending = [t for t in (self._flusher, self._finisher) if t is not None]
-        if pending:
-            # wait() rather than await: a flusher that failed has already answered its waiters.
-            await asyncio.wait(pending)
+        await self._ingests.wait()
+        await self._finishes.wait()
         executor, conn = self._executor, self._conn
         self._executor, self._conn = None, None
-        self._flusher, self._finisher = None, None
         try:
             # Queued behind every job already submitted (shielded writes included).
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
@@ -151,39 +142,26 @@ class SQLiteStore:
         await self._submit("ping", q.ping)
 
     async def ingest(self, event: TaskEvent, deliveries: list[NewDelivery]) -> IngestResult:
+        """Queued and committed with the other callbacks waiting (group commit)."""
         if self._closing or self._executor is None:
             raise StoreUnavailableError("store: ingest: not open")
-        loop = asyncio.get_running_loop()
         # Serialized here, so a model that cannot be dumped fails its own caller only.
         item = q.IngestItem(event, event.model_dump_json(), list(deliveries))
-        waiter = _Waiter(item, loop.create_future())
-        self._queue.append(waiter)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
-        return await waiter.future
+        return await self._ingests.put(item)
 
-    async def _flush(self) -> None:
-        """Write queued ingests, one transaction per batch, until the queue is empty."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                # Shielded: once a batch is in the thread, it commits or fails as a whole.
-                fut = self._submit("ingest", partial(q.write_batch, batch=[w.item for w in batch]))
-                results = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                _fail(batch, StoreUnavailableError("store: ingest: cancelled"))
-                raise
-            except Exception as exc:
-                _fail(batch, exc)
-                continue
-            self.ingest_batches += 1
-            for waiter, result in zip(batch, results, strict=True):
-                if waiter.future.done():  # its caller was cancelled; the row is stored anyway
-                    continue
-                if isinstance(result, IngestResult):
-                    waiter.future.set_result(result)
-                else:
-                    waiter.future.set_exception(result)
+    async def _write_ingests(
+        self, items: list[q.IngestItem]
+    ) -> list[IngestResult | StoreUnavailableError]:
+        # Shielded: once a batch is in the thread, it commits or fails as a whole.
+        return await asyncio.shield(self._submit("ingest", partial(q.write_batch, batch=items)))
+
+    @property
+    def ingest_batches(self) -> int:
+        return self._ingests.batches
+
+    @property
+    def finish_batches(self) -> int:
+        return self._finishes.batches
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         if limit <= 0:  # SQLite reads a negative LIMIT as no limit
@@ -193,35 +171,15 @@ class SQLiteStore:
         )
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
-        """Queued and written with the other outcomes waiting, in one transaction (group
-        commit, as for ingest). Shielded: a caller cancelled mid-write (shutdown) still has its
-        outcome recorded."""
+        """Queued and committed with the other outcomes waiting (group commit). Shielded: a
+        caller cancelled mid-write (shutdown) still has its outcome recorded."""
         if self._closing or self._executor is None:
             raise StoreUnavailableError("store: finish: not open")
         item = q.FinishItem(claim, outcome, next_attempt_for(outcome), started_at, now)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finishes.append((item, future))
-        if self._finisher is None or self._finisher.done():
-            self._finisher = asyncio.get_running_loop().create_task(self._flush_finishes())
-        return await asyncio.shield(future)
+        return await asyncio.shield(self._finishes.put(item))
 
-    async def _flush_finishes(self) -> None:
-        """Write queued outcomes, one transaction per batch, until the queue is empty."""
-        while self._finishes:
-            batch, self._finishes = self._finishes, []
-            try:
-                fut = self._submit("finish", partial(q.finish_batch, batch=[i for i, _ in batch]))
-                results = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                _answer_all(batch, StoreUnavailableError("store: finish: cancelled"))
-                raise
-            except Exception as exc:
-                _answer_all(batch, exc)
-                continue
-            self.finish_batches += 1
-            for (_, future), kept in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(kept)
+    async def _write_finishes(self, items: list[q.FinishItem]) -> list[bool]:
+        return await asyncio.shield(self._submit("finish", partial(q.finish_batch, batch=items)))
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
@@ -271,22 +229,3 @@ class SQLiteStore:
 
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)
-
-
-def _answer_all(batch: list[tuple[q.FinishItem, asyncio.Future[bool]]], exc: Exception) -> None:
-    """Fail every still-waiting caller of a batch of outcomes that was not written."""
-    for _, future in batch:
-        if not future.done():
-            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
-            future.set_exception(StoreUnavailableError(str(exc)))
-
-
-def _fail(batch: list[_Waiter], exc: BaseException) -> None:
-    """Answer every still-waiting caller of a batch that was not written."""
-    for waiter in batch:
-        if not waiter.future.done():
-            # A fresh exception per waiter: a shared one would collect everyone's tracebacks.
-            fresh = (
-                StoreUnavailableError(str(exc)) if isinstance(exc, StoreUnavailableError) else exc
-            )
-            waiter.future.set_exception(fresh)

@@ -262,3 +262,11 @@ async def test_claim_and_next_due_read_the_due_index(store: SQLiteStore, db_path
     assert "SCAN d USING INDEX deliveries_due" in next_plan
     assert "TEMP B-TREE" not in next_plan
     assert held_back in next_plan
+
+
+async def test_an_ingest_right_after_another_is_written_too(store: SQLiteStore) -> None:
+    # The second call comes in before the first batch's writer has left the set of writers.
+    async with asyncio.timeout(5):  # awaited in this task, as the receiver does
+        first = await store.ingest(make_event("k1"), one_delivery("k1"))
+        second = await store.ingest(make_event("k2"), one_delivery("k2"))
+    assert not first.duplicate and not second.duplicate
