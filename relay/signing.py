@@ -31,11 +31,41 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def headers(key: bytes | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers; without a key, only id and timestamp."""
+def secret_problems(secret: SecretStr) -> list[str]:
+    """Every problem of a space-separated list of ``whsec_`` secrets (several during a key
+    rotation), each naming which secret when there are several, never its value."""
+    parts = secret.get_secret_value().split()
+    if not parts:
+        return ["holds no whsec_ secret"]
+    problems: list[str] = []
+    for index, part in enumerate(parts, 1):
+        where = f" (secret {index} of {len(parts)})" if len(parts) > 1 else ""
+        try:
+            key = decode_secret(SecretStr(part))
+        except ValueError as exc:
+            problems.append(f"{exc}{where}")
+            continue
+        if not key:
+            # An empty HMAC key would let anyone sign.
+            problems.append(f"webhook secret is empty after whsec_{where}")
+    return problems
+
+
+def decode_secrets(secret: SecretStr) -> list[bytes]:
+    """The keys of a space-separated list of ``whsec_`` secrets. Raises ValueError with the
+    first of ``secret_problems`` if any is bad."""
+    problems = secret_problems(secret)
+    if problems:
+        raise ValueError(problems[0])
+    return [decode_secret(SecretStr(part)) for part in secret.get_secret_value().split()]
+
+
+def headers(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers, with one ``v1`` signature per key (space-separated,
+    so a receiver holding any one of the keys verifies it); without keys, id and timestamp."""
     out = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
-    if key is not None:
-        out["webhook-signature"] = sign(key, msg_id, timestamp, body)
+    if keys:
+        out["webhook-signature"] = " ".join(sign(k, msg_id, timestamp, body) for k in keys)
     return out
 
 

@@ -18,16 +18,17 @@ from relay.routing.model import WebhookDestination
 _RESERVED = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"})
 
 
-def render_body(delivery: Delivery, mode: str) -> bytes:
-    """The request body: the Standard Webhooks envelope of the event, or the provider's
-    original body (already redacted when it was received)."""
+def render_body(delivery: Delivery, mode: str, *, include_raw: bool = True) -> bytes:
+    """The request body: the Standard Webhooks envelope of the event (with or without the
+    provider's body in ``data.raw``), or the provider's original body (already redacted when
+    it was received)."""
     event = delivery.event
     if mode == "original":
         return json.dumps(event.raw, separators=(",", ":")).encode()
     envelope = {
         "type": f"task.{event.status}",
         "timestamp": event.received_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "data": event.model_dump(mode="json"),
+        "data": event.model_dump(mode="json", exclude=None if include_raw else {"raw"}),
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
 
@@ -40,23 +41,31 @@ class WebhookChannel:
         self.name = name
         self._config = config
         self._deps = deps
-        self._key = signing.decode_secret(config.secret) if config.secret else None
+        self._keys = signing.decode_secrets(config.secret) if config.secret else []
         self._extra = {k: v for k, v in config.headers.items() if k.lower() not in _RESERVED}
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
-    def render(self, delivery: Delivery) -> str:
-        body = json.loads(render_body(delivery, self._config.body))
-        return f"POST {self._config.url}\n" + json.dumps(body, indent=2, ensure_ascii=False)
-
-    async def send(self, delivery: Delivery) -> None:
-        body = render_body(delivery, self._config.body)
+    def _request(self, delivery: Delivery) -> tuple[bytes, dict[str, str], float]:
+        body = render_body(delivery, self._config.body, include_raw=self._config.include_raw)
         now = self._deps.clock()
         headers = {
             **self._extra,
             "content-type": "application/json",
             "user-agent": f"relay/{__version__}",
-            **signing.headers(self._key, delivery.id, int(now), body),
+            **signing.headers(self._keys, delivery.id, int(now), body),
         }
+        return body, headers, now
+
+    def render(self, delivery: Delivery) -> str:
+        """The request as it would go out now: line, headers (signed as a send would sign
+        them), then the body."""
+        body, headers, _ = self._request(delivery)
+        lines = [f"POST {self._config.url}", *(f"{k}: {v}" for k, v in headers.items()), ""]
+        shown = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        return "\n".join(lines) + "\n" + shown
+
+    async def send(self, delivery: Delivery) -> None:
+        body, headers, now = self._request(delivery)
         try:
             async with self._deps.http.post(
                 self._config.url,

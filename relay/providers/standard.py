@@ -43,25 +43,9 @@ class StandardProvider:
         one or more space-separated ``whsec_`` secrets."""
         if config.secret is None:
             return [("secret", "is required: one or more whsec_ secrets, separated by spaces")]
-        value = config.secret.get_secret_value()
-        if not value:
+        if not config.secret.get_secret_value():
             return []  # the loader already reports an empty secret
-        parts = value.split()
-        if not parts:
-            return [("secret", "holds no whsec_ secret")]
-        problems: list[tuple[str | None, str]] = []
-        for index, part in enumerate(parts, 1):
-            where = f" (secret {index} of {len(parts)})" if len(parts) > 1 else ""
-            try:
-                key = signing.decode_secret(SecretStr(part))
-            except ValueError as exc:
-                # decode_secret's messages never include the value.
-                problems.append(("secret", f"{exc}{where}"))
-                continue
-            if not key:
-                # An empty HMAC key would let anyone sign.
-                problems.append(("secret", f"webhook secret is empty after whsec_{where}"))
-        return problems
+        return [("secret", problem) for problem in signing.secret_problems(config.secret)]
 
     def authenticate(self, inbound: Inbound) -> None:
         """Verify the Standard Webhooks signature over the raw body with every configured key,

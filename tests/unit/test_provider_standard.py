@@ -80,7 +80,7 @@ def signed(
     msg_id: str = "dlv_1",
     timestamp: int = NOW_TS,
 ) -> dict[str, str]:
-    return signing.headers(key, msg_id, timestamp, body)
+    return signing.headers([key], msg_id, timestamp, body)
 
 
 def inbound(

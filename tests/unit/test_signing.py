@@ -21,7 +21,7 @@ def test_signature_verifies_with_the_reference_library() -> None:
     import time
 
     ts = int(time.time())
-    headers = signing.headers(key, "dlv_1", ts, body)
+    headers = signing.headers([key], "dlv_1", ts, body)
     assert Webhook(SECRET).verify(body, headers) == {"type": "task.succeeded"}
 
 
@@ -43,7 +43,7 @@ def test_signature_depends_on_id_timestamp_and_body() -> None:
 
 
 def test_without_a_key_there_is_no_signature_header() -> None:
-    assert signing.headers(None, "a", 1, b"x") == {"webhook-id": "a", "webhook-timestamp": "1"}
+    assert signing.headers([], "a", 1, b"x") == {"webhook-id": "a", "webhook-timestamp": "1"}
 
 
 @pytest.mark.parametrize("bad", ["nope", "whsec_***not-base64***"])
@@ -51,6 +51,48 @@ def test_bad_secrets_are_refused_without_echoing_them(bad: str) -> None:
     with pytest.raises(ValueError) as info:
         signing.decode_secret(SecretStr(bad))
     assert bad not in str(info.value)
+
+
+# Several outbound keys: a rotation without downtime.
+
+OTHER = "whsec_" + base64.b64encode(b"n" * 32).decode()
+
+
+def test_every_key_signs_and_either_alone_verifies_with_the_reference_library() -> None:
+    import time
+
+    keys = signing.decode_secrets(SecretStr(f"{SECRET}  {OTHER}\n"))
+    assert keys == [b"k" * 24, b"n" * 32]
+    body = b'{"type":"task.failed"}'
+    headers = signing.headers(keys, "dlv_2", int(time.time()), body)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(SECRET).verify(body, headers) == {"type": "task.failed"}
+    assert Webhook(OTHER).verify(body, headers) == {"type": "task.failed"}
+
+
+@pytest.mark.parametrize(
+    ("value", "problems"),
+    [
+        (f"{SECRET} {OTHER}", []),
+        ("   ", ["holds no whsec_ secret"]),
+        (f"{SECRET} nope", ["webhook secret must start with whsec_ (secret 2 of 2)"]),
+        (
+            "whsec_ whsec_***",
+            [
+                "webhook secret is empty after whsec_ (secret 1 of 2)",
+                "webhook secret is not valid base64 after whsec_ (secret 2 of 2)",
+            ],
+        ),
+    ],
+)
+def test_secret_problems_name_which_secret_and_never_its_value(
+    value: str, problems: list[str]
+) -> None:
+    assert signing.secret_problems(SecretStr(value)) == problems
+    if problems:
+        with pytest.raises(ValueError, match="secret") as info:
+            signing.decode_secrets(SecretStr(value))
+        assert str(info.value) == problems[0]
 
 
 # verify: the inbound side.
@@ -77,7 +119,7 @@ def check(
 
 
 def test_verify_accepts_our_own_signature() -> None:
-    sent = signing.headers(KEY, "dlv_9", NOW, BODY)
+    sent = signing.headers([KEY], "dlv_9", NOW, BODY)
     signing.verify(
         [KEY],
         sent["webhook-id"],
