@@ -71,7 +71,7 @@ def load_rules(
     merge.check_routes()
     merge.resolve_email()
     if merge.problems:
-        raise ConfigError(merge.problems)
+        raise ConfigError(merge.in_file_order())
     rules = Rules(
         smtp=merge.smtp[1] if merge.smtp else None,
         sources={name: cfg for name, (_, cfg) in merge.sources.items()},
@@ -127,6 +127,28 @@ def key_path(parts: Sequence[str | int]) -> str:
     return out
 
 
+def _key_order(data: object) -> dict[KeyPath, int]:
+    """Every key path of a YAML document, numbered in the order the file writes them."""
+    order: dict[KeyPath, int] = {}
+    stack: list[tuple[KeyPath, object]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if path:
+            order[path] = len(order)
+        children: list[tuple[KeyPath, object]] = []
+        if isinstance(node, dict):
+            children = [((*path, str(key)), value) for key, value in node.items()]
+        elif isinstance(node, list):
+            children = [((*path, n), value) for n, value in enumerate(node)]
+        stack.extend(reversed(children))
+    return order
+
+
+def _attribute(key: str) -> str:
+    """The model attribute of a rules key ("from" is a Python keyword)."""
+    return "from_" if key == "from" else key
+
+
 def _describe(error: ErrorDetails) -> str:
     """A pydantic error as ops should read it. Never echoes the input (it may be a secret)."""
     kind = error["type"]
@@ -153,13 +175,24 @@ class _Merge:
     providers: Collection[str]
     checks: Mapping[str, SourceCheck]
     problems: list[str] = field(default_factory=list)
+    # Beside each problem: where it sits (file number, place of its key in the file), so the
+    # list reads in file order whichever pass found it.
+    places: list[tuple[int, int]] = field(default_factory=list)
+    # Per file: every key path in the order the file writes it.
+    file_keys: dict[str, dict[KeyPath, int]] = field(default_factory=dict)
     defaults_used: list[str] = field(default_factory=list)
     # name -> (file, validated model); names whose definition was invalid are only in origins.
     sources: dict[str, tuple[str, SourceConfig]] = field(default_factory=dict)
     destinations: dict[str, tuple[str, Destination]] = field(default_factory=dict)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
     routes: list[tuple[str, int, Route]] = field(default_factory=list)
+    # Every route's destination names, read even from a route that is otherwise invalid, so
+    # one bad key does not hide an unknown destination.
+    route_targets: list[tuple[str, int, list[str]]] = field(default_factory=list)
     smtp: tuple[str, SmtpSettings] | None = None
+    # The keys an smtp: block sets when it could not be validated (a variable unset, a bad
+    # value): already reported there, so not "missing" again in each email destination.
+    smtp_broken_keys: set[str] = field(default_factory=set)
     destination_adapter: TypeAdapter[Destination] = field(
         default_factory=lambda: TypeAdapter(Destination)
     )
@@ -168,14 +201,35 @@ class _Merge:
         self.problems.append(
             f"{file}: {key_path(path)}: {message}" if path else f"{file}: {message}"
         )
+        self.places.append((self._file_number(file), self._place(file, path)))
+
+    def _file_number(self, file: str) -> int:
+        # Every file is registered by add_file before any problem names it.
+        return list(self.file_keys).index(file) if file in self.file_keys else len(self.file_keys)
+
+    def _place(self, file: str, path: KeyPath) -> int:
+        """Where ``path`` (or its nearest written parent) sits in ``file``; -1 for the file."""
+        keys = self.file_keys.get(file, {})
+        for end in range(len(path), 0, -1):
+            place = keys.get(path[:end])
+            if place is not None:
+                return place
+        return -1
+
+    def in_file_order(self) -> list[str]:
+        """Every problem, file by file, each file's in the order its keys are written."""
+        order = sorted(range(len(self.problems)), key=lambda n: (*self.places[n], n))
+        return [self.problems[n] for n in order]
 
     def add_file(self, path: Path, env: Mapping[str, str]) -> None:
         file = str(path)
+        self.file_keys[file] = {}
         try:
             data = read_yaml(path)
         except YamlFileError as exc:
-            self.problems.append(f"{file}: {exc}")
+            self.problem(file, (), str(exc))
             return
+        self.file_keys[file] = _key_order(data)
         if data is None:
             return
         if not isinstance(data, dict):
@@ -195,8 +249,11 @@ class _Merge:
         for key in tree:
             if key not in _SECTIONS:
                 self.problem(file, (str(key),), f"unknown key (expected {', '.join(_SECTIONS)})")
-        if "smtp" in tree and ("smtp",) not in {where[:1] for where in unexpanded}:
-            self.add_smtp(file, tree["smtp"])
+        if "smtp" in tree:
+            if ("smtp",) in {where[:1] for where in unexpanded}:
+                self.smtp_broken(tree["smtp"])
+            else:
+                self.add_smtp(file, tree["smtp"])
         self.add_named(file, "sources", tree.get("sources"), self.add_source, unexpanded)
         self.add_named(
             file, "destinations", tree.get("destinations"), self.add_destination, unexpanded
@@ -307,6 +364,12 @@ class _Merge:
         settings = self.validate(file, ("smtp",), SmtpSettings.model_validate, raw)
         if settings is not None:
             self.smtp = (file, settings)
+        else:
+            self.smtp_broken(raw)
+
+    def smtp_broken(self, raw: object) -> None:
+        if isinstance(raw, dict):
+            self.smtp_broken_keys.update(str(key) for key in raw)
 
     def resolve_email(self) -> None:
         """Email destinations inherit the shared smtp: block, then must be complete."""
@@ -321,6 +384,8 @@ class _Merge:
                 self.problem(file, (*path, "ca_file"), f"no such file: {dest.ca_file}")
             resolved = dest.inherit(shared)
             for key, message in resolved.problems():
+                if key in self.smtp_broken_keys and getattr(dest, _attribute(key)) is None:
+                    continue  # the smtp: block sets it, and its problem is reported there
                 self.problem(file, (*path, key) if key else path, message)
             self.destinations[name] = (file, resolved)
 
@@ -336,13 +401,18 @@ class _Merge:
             route = self.validate(file, ("routes", index), Route.model_validate, raw)
             if route is not None:
                 self.routes.append((file, index, route))
+                self.route_targets.append((file, index, list(route.to)))
+            elif isinstance(raw, dict):
+                to = raw.get("to")
+                names = [to] if isinstance(to, str) else to if isinstance(to, list) else []
+                self.route_targets.append((file, index, [n for n in names if isinstance(n, str)]))
 
     def check_routes(self) -> None:
         """Every destination a route names must exist in some file (checked after merging)."""
         known = sorted(name for section, name in self.origins if section == "destinations")
         listed = ", ".join(known) if known else "none defined"
-        for file, index, route in self.routes:
-            for name in route.to:
+        for file, index, names in self.route_targets:
+            for name in names:
                 if ("destinations", name) not in self.origins:
                     self.problem(
                         file,

@@ -264,12 +264,14 @@ def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None
 
     found = problems(tmp_path)
 
+    # In file order: file by file, each file's problems in the order its keys are written,
+    # whichever check found them.
     assert found == [
-        f"{a}: surces: unknown key (expected sources, destinations, routes, smtp)",
         f"{a}: sources.goapi.secrett: unknown key",
         f"{a}: destinations.billing.secret: webhook secret must start with whsec_",
         f"{a}: routes[2].match: bad regex in 'model=~\"(kling\"': "
         "missing ), unterminated subpattern at position 0",
+        f"{a}: surces: unknown key (expected sources, destinations, routes, smtp)",
         f"{b}: line 4, column 4: invalid YAML: "
         "expected <block end>, but found '<block mapping start>'",
         f"{c}: sources.unset.secret: environment variable UNSET_SECRET is not set "
@@ -278,9 +280,9 @@ def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None
         f"{c}: sources.novita.token: must use only letters, digits, '_', '.' and '-' "
         "(it is part of the URL path)",
         f"{c}: sources.open: needs a secret or a token: without either anyone could post events",
+        f"{c}: routes[0].to: unknown destination 'oncal' (known: billing, gen-alerts)",
         f"{d}: destinations.billing: already defined in {a}",
         f"{d}: routes[0].continue: Input should be a valid boolean, unable to interpret input",
-        f"{c}: routes[0].to: unknown destination 'oncal' (known: billing, gen-alerts)",
     ]
     assert str(ConfigError(found)) == "\n".join(found)
 
@@ -344,6 +346,16 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
             "destinations:\n  d: {type: webhook, url: 'http://x', timeout: soon}\n",
             "destinations.d.timeout: bad duration 'soon'",
         ),
+        (
+            f"destinations:\n  d: {{type: webhook, url: 'http://x', secret: '{WHSEC} whsec_!'}}\n",
+            "destinations.d.secret: webhook secret is not valid base64 after whsec_ "
+            "(secret 2 of 2)",
+        ),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', body: original, "
+            "include_raw: false}\n",
+            "destinations.d: include_raw: false leaves nothing to send with body: original",
+        ),
         ("routes:\n  - match: ['status=failed']\n", "routes[0].to: missing required key"),
         ("routes:\n  - {to: [], match: ['nope=x']}\n", "routes[0].match: unknown label 'nope'"),
         (
@@ -378,6 +390,76 @@ def test_unknown_destination_when_none_exist(tmp_path: Path) -> None:
     file = write(tmp_path, "r.yaml", "routes:\n  - to: oncall\n")
     assert problems(tmp_path) == [
         f"{file}: routes[0].to: unknown destination 'oncall' (known: none defined)"
+    ]
+
+
+@pytest.mark.parametrize("to", ["[billing, nowhere]", "nowhere"])
+def test_a_bad_key_in_a_route_hides_none_of_its_other_problems(tmp_path: Path, to: str) -> None:
+    file = write(
+        tmp_path,
+        "r.yaml",
+        DESTINATION
+        + f"routes:\n  - match: ['status=\"failed\"']\n    to: {to}\n    contnue: true\n",
+    )
+    assert problems(tmp_path) == [
+        f"{file}: routes[0].to: unknown destination 'nowhere' (known: billing)",
+        f"{file}: routes[0].contnue: unknown key",
+    ]
+
+
+def test_an_smtp_block_with_unset_variables_is_reported_there_only(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        "r.yaml",
+        """
+        smtp:
+          host: ${SMTP_HOST}
+          from: ${SMTP_FROM}
+        destinations:
+          oncall: {type: email, to: [oncall@example.com]}
+          pager: {type: email, to: [pager@example.com], host: mail.example.com}
+        """,
+    )
+    unset = "is not set (set it, or write ${{{0}:-default}} to give a default)"
+    # The destinations' host and from are set, in the smtp: block: not "missing" as well.
+    assert problems(tmp_path) == [
+        f"{file}: smtp.host: environment variable SMTP_HOST " + unset.format("SMTP_HOST"),
+        f"{file}: smtp.from: environment variable SMTP_FROM " + unset.format("SMTP_FROM"),
+    ]
+
+
+def test_an_invalid_smtp_block_is_reported_there_only(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        "r.yaml",
+        "smtp: {host: mail.example.com, from: ops@example.com, port: 0}\n"
+        "destinations:\n  oncall: {type: email, to: [oncall@example.com]}\n",
+    )
+    assert problems(tmp_path) == [
+        f"{file}: smtp.port: Input should be greater than or equal to 1",
+    ]
+
+
+def test_problems_come_in_file_order_whichever_check_found_them(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        "r.yaml",
+        """
+        routes:
+          - to: [gone]
+        destinations:
+          m: {type: email, to: [a@example.com]}
+          w: {type: webhook, url: ftp://x}
+        sources:
+          s: {provider: nope, secret: x}
+        """,
+    )
+    assert problems(tmp_path) == [
+        f"{file}: routes[0].to: unknown destination 'gone' (known: m, w)",
+        f"{file}: destinations.m.host: missing (set it here or in the shared smtp: block)",
+        f"{file}: destinations.m.from: missing (set it here or in the shared smtp: block)",
+        f"{file}: destinations.w.url: must be an http:// or https:// URL",
+        f"{file}: sources.s.provider: unknown provider 'nope' (known: goapi, novita, piapi)",
     ]
 
 
