@@ -139,7 +139,7 @@ class EmailChannel:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             errors = {r.recipient: r for r in exc.recipients}
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise _failure(exc) from None
+            raise _failure(exc, recipients) from None
         finally:
             client.close()
         later: dict[str, str] = {}
@@ -170,33 +170,42 @@ def _code_and_text(answer: Any) -> tuple[int, str]:
     return code, " ".join(text.split())
 
 
-def _failure(exc: Exception) -> DeliveryError:
+def _failure(exc: Exception, recipients: list[str]) -> DeliveryError:
     """Classify a failure of the whole mail: 5xx replies are permanent, 4xx and anything on the
-    connection (refused, reset, timed out, closed) are transient."""
+    connection (refused, reset, timed out, closed) are transient. The reason names the
+    recipients: which mail it was, beside other destinations' reasons in a list."""
+    reason, transient = _why(exc)
+    reason = f"{reason} (mail to {', '.join(recipients)})"
+    return TransientDeliveryError(reason) if transient else PermanentDeliveryError(reason)
+
+
+def _why(exc: Exception) -> tuple[str, bool]:
+    """The reason of a whole-mail failure, and whether it is transient."""
     if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(
         exc.__cause__, ssl.SSLCertVerificationError
     ):
         cause = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__
-        return PermanentDeliveryError(
+        return (
             f"smtp: server certificate not trusted ({getattr(cause, 'verify_message', cause)}); "
-            "set ca_file, or verify: false for a test server"
+            "set ca_file, or verify: false for a test server",
+            False,
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         code, text = _code_and_text(exc)
         what = "login" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "server"
-        reason = f"smtp: {what} answered {code} {text}".rstrip()
-        if 400 <= code < 500:
-            return TransientDeliveryError(reason)
-        return PermanentDeliveryError(reason)
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            what = f"server, refusing sender {exc.sender},"
+        return f"smtp: {what} answered {code} {text}".rstrip(), 400 <= code < 500
     if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
         # Never a plain-text fallback: the server must offer STARTTLS or the mail waits.
-        return PermanentDeliveryError(
+        return (
             f"smtp: {exc} (starttls is required; set tls: true, or starttls: false "
-            "for a plain local smarthost)"
+            "for a plain local smarthost)",
+            False,
         )
     if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
-        return TransientDeliveryError("smtp: timed out")
-    return TransientDeliveryError(f"smtp: {type(exc).__name__}: {exc}")
+        return "smtp: timed out", True
+    return f"smtp: {type(exc).__name__}: {exc}", True
 
 
 def _summary(accepted: list[str], refused: dict[str, str], later: dict[str, str]) -> str:

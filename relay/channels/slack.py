@@ -97,7 +97,7 @@ class SlackChannel:
                 f"slack: no answer within {self._config.timeout:g}s"
             ) from None
         except SlackApiError as exc:
-            raise _api_failure(exc, self._deps.clock()) from None
+            raise _api_failure(exc, self._config.channel or "", self._deps.clock()) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransientDeliveryError(f"slack: {type(exc).__name__}: {exc}") from None
         except SlackClientError as exc:
@@ -180,12 +180,13 @@ class SlackChannel:
         raise http_failure(answer.status_code, f"slack webhook: {body}", retry_after)
 
 
-def _api_failure(exc: SlackApiError, now: float) -> DeliveryError:
-    """Classify a Web API failure: HTTP 429/5xx and Slack's "not now" errors are transient."""
+def _api_failure(exc: SlackApiError, channel: str, now: float) -> DeliveryError:
+    """Classify a Web API failure: HTTP 429/5xx and Slack's "not now" errors are transient.
+    The reason names the channel: one token often serves several destinations."""
     response = exc.response
     status = response.status_code
     error = str(response.get("error") or "") if isinstance(response.data, dict) else ""
-    reason = f"slack: {error or f'HTTP {status}'}"
+    reason = f"slack: {error or f'HTTP {status}'} (channel {channel})"
     headers = {k.lower(): v for k, v in (response.headers or {}).items()}
     retry_after = parse_retry_after(_first(headers.get("retry-after")), now)
     if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:

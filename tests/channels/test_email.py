@@ -291,6 +291,10 @@ async def test_4xx_is_transient_and_5xx_permanent(
     record = await harness.record(d)
     assert record.state == state
     assert reply.split(" ", 1)[1] in record.last_error
+    # Which mail: its recipients, and the sender when that is what the server refused.
+    assert f"(mail to {TO[0]})" in record.last_error
+    if command == "MAIL":
+        assert "refusing sender relay@example.com" in record.last_error
 
 
 async def test_connection_refused_is_transient(harness: Harness) -> None:

@@ -291,7 +291,8 @@ async def test_permanent_errors_are_dead_at_once_with_the_reason(
         record = await harness.record(d)
         assert record.state == "dead"
         assert record.attempts == 1
-        assert f"slack: {error}" in record.last_error
+        channel = config.get("channel", "#renders")
+        assert f"slack: {error} (channel {channel})" in record.last_error
         assert "permanent" in record.last_error
 
 
