@@ -14,6 +14,7 @@ from relay.events import TaskEvent
 
 DeliveryState = Literal["pending", "sending", "delivered", "dead"]
 DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "sending", "delivered", "dead")
+QuarantineState = Literal["quarantined", "reprocessed"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,31 @@ class AttemptRecord:
     detail: str
 
 
+@dataclass(frozen=True)
+class QuarantinedCallback:
+    """A verified callback that its provider's adapter could not read (a bug, or a shape we do
+    not know yet). Kept as it came, secrets redacted, so ``relay reprocess`` can read it again
+    after an upgrade.
+
+    ``body`` is the redacted JSON body; ``headers`` and ``query`` are what the request carried,
+    less anything that holds a secret. ``state`` becomes reprocessed, with ``event_id`` the
+    event it turned into, once it was read and stored.
+    """
+
+    id: str
+    source: str
+    provider: str
+    received_at: float
+    reason: str
+    body: bytes
+    headers: dict[str, str]
+    query: dict[str, str]
+    client_ip: str | None
+    state: QuarantineState = "quarantined"
+    event_id: str | None = None
+    updated_at: float = 0.0
+
+
 class ChannelState(Protocol):
     """What channels keep between attempts and across processes: message references (a Slack
     message's ts, the first mail's Message-ID), per-recipient outcomes and pacing slots."""
@@ -158,6 +184,26 @@ class Store(ChannelState, Protocol):
         """Oldest first."""
 
     async def get_event(self, event_id: str) -> TaskEvent | None: ...
+
+    async def list_events(self, limit: int = 100) -> list[TaskEvent]:
+        """Newest received first."""
+
+    async def quarantine(self, callback: QuarantinedCallback) -> None:
+        """Store a callback no adapter could read, durably, before it is answered."""
+
+    async def list_quarantined(
+        self, limit: int = 100, *, include_reprocessed: bool = False
+    ) -> list[QuarantinedCallback]:
+        """Newest received first; only those still quarantined unless asked."""
+
+    async def get_quarantined(self, quarantine_id: str) -> QuarantinedCallback | None: ...
+
+    async def settle_quarantined(
+        self, quarantine_id: str, *, event_id: str | None, reason: str, now: float
+    ) -> bool:
+        """After a reprocess: with ``event_id``, mark it reprocessed into that event; without,
+        keep it quarantined under the new ``reason``. False if it is unknown or was already
+        reprocessed."""
 
     async def replay(self, delivery_id: str, now: float) -> bool:
         """Make a dead delivery pending and due now, with its attempt count reset to 0.

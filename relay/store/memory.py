@@ -11,7 +11,7 @@ import copy
 import itertools
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay.errors import StoreUnavailableError
@@ -24,6 +24,7 @@ from relay.store.base import (
     IngestResult,
     NewDelivery,
     Outcome,
+    QuarantinedCallback,
 )
 
 
@@ -61,6 +62,7 @@ class _Data:
     attempts: list[AttemptRecord] = field(default_factory=list)
     state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pacing: dict[str, float] = field(default_factory=dict)
+    quarantine: dict[str, QuarantinedCallback] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -193,6 +195,55 @@ class MemoryStore:
         data = self._require("get event")
         event = data.events.get(event_id)
         return None if event is None else event.model_copy(deep=True)
+
+    async def list_events(self, limit: int = 100) -> list[TaskEvent]:
+        data = self._require("list events")
+        # Insertion order breaks ties between events received at the same instant.
+        rows = sorted(
+            enumerate(data.events.values()),
+            key=lambda pair: (pair[1].received_at, pair[0]),
+            reverse=True,
+        )
+        return [event.model_copy(deep=True) for _, event in rows[: max(limit, 0)]]
+
+    async def quarantine(self, callback: QuarantinedCallback) -> None:
+        data = self._require("quarantine")
+        if callback.id in data.quarantine:
+            raise StoreUnavailableError(f"store: quarantine: id {callback.id} already exists")
+        data.quarantine[callback.id] = replace(
+            callback, headers=dict(callback.headers), query=dict(callback.query)
+        )
+
+    async def list_quarantined(
+        self, limit: int = 100, *, include_reprocessed: bool = False
+    ) -> list[QuarantinedCallback]:
+        data = self._require("list quarantined")
+        rows = [
+            (n, q)
+            for n, q in enumerate(data.quarantine.values())
+            if include_reprocessed or q.state == "quarantined"
+        ]
+        rows.sort(key=lambda pair: (pair[1].received_at, pair[0]), reverse=True)
+        return [q for _, q in rows[: max(limit, 0)]]
+
+    async def get_quarantined(self, quarantine_id: str) -> QuarantinedCallback | None:
+        return self._require("get quarantined").quarantine.get(quarantine_id)
+
+    async def settle_quarantined(
+        self, quarantine_id: str, *, event_id: str | None, reason: str, now: float
+    ) -> bool:
+        data = self._require("settle quarantined")
+        current = data.quarantine.get(quarantine_id)
+        if current is None or current.state != "quarantined":
+            return False
+        data.quarantine[quarantine_id] = replace(
+            current,
+            state="quarantined" if event_id is None else "reprocessed",
+            event_id=event_id,
+            reason=reason,
+            updated_at=now,
+        )
+        return True
 
     async def replay(self, delivery_id: str, now: float) -> bool:
         data = self._require("replay")

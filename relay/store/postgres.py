@@ -10,8 +10,10 @@ asyncpg's lower per-query cost matters little here: each call is one round trip 
 statements on its own.
 
 Every call takes a connection from the pool (autocommit: a lone statement is its own
-transaction), and every driver error, whatever it is (connection refused, pool closed or
-exhausted, constraint violated, serialization failure), becomes StoreUnavailableError naming the
+transaction). A deadlock or serialization failure rolled the call's transaction back whole, and
+running it again normally succeeds: it is retried a few times, shortly after (``_run``). Every
+other driver error, whatever it is (connection refused, pool closed or exhausted, constraint
+violated), and a conflict that outlasts the retries, becomes StoreUnavailableError naming the
 operation, with any password scrubbed out of the message.
 """
 
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -42,6 +45,7 @@ from relay.store.base import (
     IngestResult,
     NewDelivery,
     Outcome,
+    QuarantinedCallback,
 )
 from relay.store.batching import GroupCommit
 from relay.store.memory import next_attempt_for
@@ -56,6 +60,13 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_TIMEOUT = 5.0
 
+# Conflicts the server resolved by rolling one transaction back: worth running it again.
+RETRYABLE_ERRORS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+CONFLICT_RETRIES = 5
+# The first retry waits about this long (seconds), each next one twice as long, each jittered
+# so the transactions that collided do not collide again in step: under half a second in all.
+CONFLICT_BACKOFF = 0.01
+
 
 class PostgresStore:
     """A Store in a PostgreSQL database, shared by every replica that opens it.
@@ -64,6 +75,9 @@ class PostgresStore:
     The pool keeps ``pool_min`` connections open and grows to ``pool_size`` under load.
     ``pool_timeout`` (seconds) bounds the wait for a free connection, and for connecting at
     open, before StoreUnavailableError. ``secrets`` are scrubbed from every error message.
+
+    ``conflict_retries`` counts the writes run again after a deadlock or serialization failure
+    (for metrics); ``ingest_batches`` and ``finish_batches`` count the group commits.
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class PostgresStore:
         self._closing = False
         self._writes: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._conflict_retries = 0
         # Several ingest writers at once (each a connection): a batch waiting on another
         # replica's group lock must not hold back every callback behind it.
         self._max_ingesters = max(1, pool_size // 2)
@@ -222,15 +237,38 @@ class PostgresStore:
             self._closing = False
 
     async def _run(self, what: str, fn: Callable[[q.Conn], Awaitable[T]]) -> T:
-        """Run ``fn`` on a pooled connection; driver errors become StoreUnavailableError."""
+        """Run ``fn`` on a pooled connection; driver errors become StoreUnavailableError.
+
+        Every call of the store comes through here. A deadlock or serialization failure runs
+        ``fn`` again (on a connection from the pool again), up to CONFLICT_RETRIES times after
+        a short jittered wait, each counted in ``conflict_retries`` and logged as a warning.
+        So ``fn`` must be safe to run again after one: one transaction (the server rolled it
+        back whole) or autocommit statements that can each be repeated.
+        """
         pool = self._pool
         if pool is None or self._closing:
             raise StoreUnavailableError(f"store: {what}: not open")
-        try:
-            async with pool.connection() as conn:
-                return await fn(conn)
-        except psycopg.Error as exc:
-            raise self._unavailable(what, exc) from exc
+        retry = 0
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except RETRYABLE_ERRORS as exc:
+                if retry == CONFLICT_RETRIES:
+                    raise self._unavailable(what, exc) from exc
+                retry += 1
+                self._conflict_retries += 1
+                delay = CONFLICT_BACKOFF * 2 ** (retry - 1) * random.uniform(0.5, 1.5)
+                log.warning(
+                    "%s; retry %d of %d in %.3f s",
+                    self._unavailable(what, exc),
+                    retry,
+                    CONFLICT_RETRIES,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            except psycopg.Error as exc:
+                raise self._unavailable(what, exc) from exc
 
     async def _write(self, what: str, fn: Callable[[q.Conn], Awaitable[T]]) -> T:
         """``_run``, shielded: a caller cancelled mid-write (shutdown) still has it recorded,
@@ -295,6 +333,14 @@ class PostgresStore:
     def finish_batches(self) -> int:
         return self._finishes.batches
 
+    @property
+    def conflict_retries(self) -> int:
+        """How many times a write was run again after a deadlock or serialization failure
+        (SQLSTATE 40P01, 40001), since this store was made: a metric. A conflict that still
+        failed after its retries counts them, and reaches the caller as StoreUnavailableError.
+        """
+        return self._conflict_retries
+
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
@@ -315,6 +361,39 @@ class PostgresStore:
 
     async def replay(self, delivery_id: str, now: float) -> bool:
         return await self._write("replay", partial(q.replay, delivery_id=delivery_id, now=now))
+
+    async def list_events(self, limit: int = 100) -> list[TaskEvent]:
+        if limit <= 0:
+            return []
+        return await self._run("list events", partial(q.list_events, limit=limit))
+
+    async def quarantine(self, callback: QuarantinedCallback) -> None:
+        """Shielded: the callback is answered 200 only once this committed."""
+        await self._write("quarantine", partial(q.quarantine, callback=callback))
+
+    async def list_quarantined(
+        self, limit: int = 100, *, include_reprocessed: bool = False
+    ) -> list[QuarantinedCallback]:
+        if limit <= 0:
+            return []
+        fn = partial(q.list_quarantined, limit=limit, include_reprocessed=include_reprocessed)
+        return await self._run("list quarantined", fn)
+
+    async def get_quarantined(self, quarantine_id: str) -> QuarantinedCallback | None:
+        fn = partial(q.get_quarantined, quarantine_id=quarantine_id)
+        return await self._run("get quarantined", fn)
+
+    async def settle_quarantined(
+        self, quarantine_id: str, *, event_id: str | None, reason: str, now: float
+    ) -> bool:
+        fn = partial(
+            q.settle_quarantined,
+            quarantine_id=quarantine_id,
+            event_id=event_id,
+            reason=reason,
+            now=now,
+        )
+        return await self._write("settle quarantined", fn)
 
     async def next_due(self) -> float | None:
         return await self._run("next due", q.next_due)

@@ -27,6 +27,8 @@ from relay.store.base import (
     IngestResult,
     NewDelivery,
     Outcome,
+    QuarantinedCallback,
+    QuarantineState,
 )
 
 Conn = AsyncConnection[TupleRow]
@@ -105,6 +107,28 @@ MIGRATIONS: tuple[str, ...] = (
         free_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Callbacks no adapter could read, kept for `relay reprocess`; events newest first.
+    """
+    CREATE TABLE quarantine (
+        id TEXT PRIMARY KEY,
+        seq BIGSERIAL NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        headers JSONB NOT NULL,
+        query JSONB NOT NULL,
+        client_ip TEXT,
+        state TEXT NOT NULL CHECK (state IN ('quarantined', 'reprocessed')),
+        event_id TEXT,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX quarantine_state_received ON quarantine (state, received_at, seq);
+    -- Arrival order among events received at the same instant, as SQLite's rowid.
+    ALTER TABLE events ADD COLUMN seq BIGSERIAL NOT NULL;
+    CREATE INDEX events_received ON events (received_at, seq);
+    """,
 )
 
 # Ingests and replays NOTIFY this channel (delivered at commit); workers LISTEN on it.
@@ -116,6 +140,16 @@ NOTIFY_SQL = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 # order, or a claim could see a later delivery of a group before an earlier one commits, and
 # send it first. One transaction-level advisory lock per (group, destination), taken first in
 # one sorted order (no deadlock between replicas) and held to the commit. No group, no lock.
+#
+# The locks an ingest transaction waits on, in the order it takes them, the same in every
+# replica, so no two can wait on each other in a cycle:
+# 1. the group locks, in hash order, all in this first statement (the aggregate locks the keys
+#    as the subquery yields them, sorted: one with DISTINCT and ORDER BY is never flattened);
+# 2. the events' unique keys, in (source, dedupe_key) order (BATCH_EVENTS_SQL; their ids are
+#    new, so the primary key never waits);
+# 3. nothing else: deliveries' ids and seq are new (no other transaction holds them), their
+#    foreign key locks events this transaction inserted itself, BATCH_EXISTING_SQL is a plain
+#    read, and NOTIFY's queue lock is taken at commit, after every other.
 BATCH_LOCKS_SQL = """
     SELECT count(pg_advisory_xact_lock(k)) FROM (
         SELECT DISTINCT hashtextextended(g || chr(31) || d, 0) AS k
@@ -125,12 +159,19 @@ BATCH_LOCKS_SQL = """
 """
 # Arrays go in binary (%b): in text format every quote of the event JSON is escaped by a
 # regular expression on our side, which cost more than the rest of the insert.
+# Rows go in in the order given (ingest_batch sorts them by (source, dedupe_key)), explicitly
+# so: an insert that meets a key another replica's transaction has just inserted waits for it,
+# and two batches inserting overlapping keys in different orders deadlock (issue 16).
 BATCH_EVENTS_SQL = """
     INSERT INTO events
         (id, source, provider, task_id, dedupe_key, status, received_at, event_json)
-    SELECT * FROM unnest(%(ids)b::text[], %(sources)b::text[], %(providers)b::text[],
-        %(task_ids)b::text[], %(dedupe_keys)b::text[], %(statuses)b::text[],
-        %(received)b::float8[], %(jsons)b::text[])
+    SELECT n.id, n.source, n.provider, n.task_id, n.dedupe_key, n.status, n.received, n.json
+    FROM unnest(%(ids)b::text[], %(sources)b::text[], %(providers)b::text[],
+            %(task_ids)b::text[], %(dedupe_keys)b::text[], %(statuses)b::text[],
+            %(received)b::float8[], %(jsons)b::text[])
+        WITH ORDINALITY
+            AS n (id, source, provider, task_id, dedupe_key, status, received, json, ord)
+    ORDER BY n.ord
     ON CONFLICT (source, dedupe_key) DO NOTHING
     RETURNING id
 """
@@ -323,20 +364,24 @@ async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult
                 {"groups": [g for g, _ in groups], "destinations": [d for _, d in groups]},
             )
         events = [i.event for i in batch]
+        # The unique keys' order, the same in every replica (see BATCH_LOCKS_SQL). Stable: of
+        # two items of the batch with one key, the earlier is inserted first and wins.
+        ordered = sorted(batch, key=lambda i: (i.event.source, i.event.dedupe_key))
         cur = await conn.execute(
             BATCH_EVENTS_SQL,
             {
-                "ids": [e.id for e in events],
-                "sources": [e.source for e in events],
-                "providers": [e.provider for e in events],
-                "task_ids": [e.task_id for e in events],
-                "dedupe_keys": [e.dedupe_key for e in events],
-                "statuses": [e.status for e in events],
-                "received": [e.received_at.timestamp() for e in events],
-                "jsons": [i.event_json for i in batch],
+                "ids": [i.event.id for i in ordered],
+                "sources": [i.event.source for i in ordered],
+                "providers": [i.event.provider for i in ordered],
+                "task_ids": [i.event.task_id for i in ordered],
+                "dedupe_keys": [i.event.dedupe_key for i in ordered],
+                "statuses": [i.event.status for i in ordered],
+                "received": [i.event.received_at.timestamp() for i in ordered],
+                "jsons": [i.event_json for i in ordered],
             },
         )
         stored = {row[0] for row in await cur.fetchall()}
+        # Deliveries in arrival order: seq is creation order, the order of a group.
         new = [i for i in batch if i.event.id in stored]
         rows = [(d, i.event) for i in new for d in i.deliveries]
         if rows:
@@ -516,3 +561,90 @@ async def pace(conn: Conn, *, key: str, interval: float, now: float) -> float:
                 return cast(float, free_at) - now
     # Still nothing consistent: not taken, so never 0.0. Ask again a moment later.
     return 0.01
+
+
+async def list_events(conn: Conn, *, limit: int) -> list[TaskEvent]:
+    cur = await conn.execute(
+        "SELECT event_json FROM events ORDER BY received_at DESC, seq DESC LIMIT %s", (limit,)
+    )
+    return [TaskEvent.model_validate_json(row[0]) for row in await cur.fetchall()]
+
+
+_QUARANTINE_COLUMNS = """
+    SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
+        event_id, updated_at
+    FROM quarantine
+"""
+
+
+def _quarantined(row: TupleRow) -> QuarantinedCallback:
+    (id_, source, provider, received, reason, body, headers, query, ip, state, event, ua) = row
+    return QuarantinedCallback(
+        id=id_,
+        source=source,
+        provider=provider,
+        received_at=received,
+        reason=reason,
+        body=bytes(body),
+        headers=headers,
+        query=query,
+        client_ip=ip,
+        state=cast(QuarantineState, state),  # the table's CHECK constraint guarantees it
+        event_id=event,
+        updated_at=ua,
+    )
+
+
+async def quarantine(conn: Conn, *, callback: QuarantinedCallback) -> None:
+    c = callback
+    await conn.execute(
+        "INSERT INTO quarantine (id, source, provider, received_at, reason, body, headers,"
+        " query, client_ip, state, event_id, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            c.id,
+            c.source,
+            c.provider,
+            c.received_at,
+            c.reason,
+            c.body,
+            Jsonb(c.headers),
+            Jsonb(c.query),
+            c.client_ip,
+            c.state,
+            c.event_id,
+            c.updated_at,
+        ),
+    )
+
+
+async def list_quarantined(
+    conn: Conn, *, limit: int, include_reprocessed: bool
+) -> list[QuarantinedCallback]:
+    where = "" if include_reprocessed else "WHERE state = 'quarantined'"
+    sql = f"{_QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, seq DESC LIMIT %s"
+    cur = await conn.execute(sql, (limit,))
+    return [_quarantined(row) for row in await cur.fetchall()]
+
+
+async def get_quarantined(conn: Conn, *, quarantine_id: str) -> QuarantinedCallback | None:
+    cur = await conn.execute(f"{_QUARANTINE_COLUMNS} WHERE id = %s", (quarantine_id,))
+    row = await cur.fetchone()
+    return None if row is None else _quarantined(row)
+
+
+async def settle_quarantined(
+    conn: Conn, *, quarantine_id: str, event_id: str | None, reason: str, now: float
+) -> bool:
+    cur = await conn.execute(
+        "UPDATE quarantine SET state = %s, event_id = %s, reason = %s, updated_at = %s"
+        " WHERE id = %s AND state = 'quarantined'",
+        (
+            "quarantined" if event_id is None else "reprocessed",
+            event_id,
+            reason,
+            now,
+            quarantine_id,
+        ),
+    )
+    return cur.rowcount == 1

@@ -33,6 +33,7 @@ from relay.store.base import (
     IngestResult,
     NewDelivery,
     Outcome,
+    QuarantinedCallback,
 )
 from relay.store.batching import GroupCommit
 from relay.store.memory import next_attempt_for
@@ -198,6 +199,40 @@ class SQLiteStore:
 
     async def get_event(self, event_id: str) -> TaskEvent | None:
         return await self._submit("get event", partial(q.get_event, event_id=event_id))
+
+    async def list_events(self, limit: int = 100) -> list[TaskEvent]:
+        if limit <= 0:
+            return []
+        return await self._submit("list events", partial(q.list_events, limit=limit))
+
+    async def quarantine(self, callback: QuarantinedCallback) -> None:
+        """Shielded: the callback is answered 200 only once this committed."""
+        fut = self._submit("quarantine", partial(q.quarantine, callback=callback))
+        await asyncio.shield(fut)
+
+    async def list_quarantined(
+        self, limit: int = 100, *, include_reprocessed: bool = False
+    ) -> list[QuarantinedCallback]:
+        if limit <= 0:
+            return []
+        fn = partial(q.list_quarantined, limit=limit, include_reprocessed=include_reprocessed)
+        return await self._submit("list quarantined", fn)
+
+    async def get_quarantined(self, quarantine_id: str) -> QuarantinedCallback | None:
+        fn = partial(q.get_quarantined, quarantine_id=quarantine_id)
+        return await self._submit("get quarantined", fn)
+
+    async def settle_quarantined(
+        self, quarantine_id: str, *, event_id: str | None, reason: str, now: float
+    ) -> bool:
+        fn = partial(
+            q.settle_quarantined,
+            quarantine_id=quarantine_id,
+            event_id=event_id,
+            reason=reason,
+            now=now,
+        )
+        return await asyncio.shield(self._submit("settle quarantined", fn))
 
     async def replay(self, delivery_id: str, now: float) -> bool:
         """Shielded like finish: an operator's replay is a status write too."""

@@ -23,6 +23,8 @@ from relay.store.base import (
     IngestResult,
     NewDelivery,
     Outcome,
+    QuarantinedCallback,
+    QuarantineState,
 )
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
@@ -87,6 +89,25 @@ MIGRATIONS: tuple[str, ...] = (
         key TEXT PRIMARY KEY,
         free_at REAL NOT NULL
     );
+    """,
+    # Callbacks no adapter could read, kept for `relay reprocess`; events newest first.
+    """
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        body BLOB NOT NULL,
+        headers TEXT NOT NULL,
+        query TEXT NOT NULL,
+        client_ip TEXT,
+        state TEXT NOT NULL CHECK (state IN ('quarantined', 'reprocessed')),
+        event_id TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS quarantine_state_received ON quarantine (state, received_at);
+    CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
     """,
 )
 
@@ -496,6 +517,83 @@ def attempts(conn: sqlite3.Connection, delivery_id: str) -> list[AttemptRecord]:
 def get_event(conn: sqlite3.Connection, event_id: str) -> TaskEvent | None:
     row = conn.execute("SELECT event_json FROM events WHERE id = ?", (event_id,)).fetchone()
     return None if row is None else TaskEvent.model_validate_json(row[0])
+
+
+def list_events(conn: sqlite3.Connection, limit: int) -> list[TaskEvent]:
+    sql = "SELECT event_json FROM events ORDER BY received_at DESC, rowid DESC LIMIT ?"
+    return [TaskEvent.model_validate_json(row[0]) for row in conn.execute(sql, (limit,))]
+
+
+_QUARANTINE_COLUMNS = """
+    SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
+        event_id, updated_at
+    FROM quarantine
+"""
+
+
+def _quarantined(row: tuple[Any, ...]) -> QuarantinedCallback:
+    (id_, source, provider, received, reason, body, headers, query, ip, state, event, ua) = row
+    return QuarantinedCallback(
+        id=id_,
+        source=source,
+        provider=provider,
+        received_at=received,
+        reason=reason,
+        body=bytes(body),
+        headers=json.loads(headers),
+        query=json.loads(query),
+        client_ip=ip,
+        state=cast(QuarantineState, state),  # the table's CHECK constraint guarantees it
+        event_id=event,
+        updated_at=ua,
+    )
+
+
+def quarantine(conn: sqlite3.Connection, callback: QuarantinedCallback) -> None:
+    c = callback
+    conn.execute(
+        "INSERT INTO quarantine (id, source, provider, received_at, reason, body, headers,"
+        " query, client_ip, state, event_id, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            c.id,
+            c.source,
+            c.provider,
+            c.received_at,
+            c.reason,
+            c.body,
+            json.dumps(c.headers),
+            json.dumps(c.query),
+            c.client_ip,
+            c.state,
+            c.event_id,
+            c.updated_at,
+        ),
+    )
+
+
+def list_quarantined(
+    conn: sqlite3.Connection, limit: int, include_reprocessed: bool
+) -> list[QuarantinedCallback]:
+    where = "" if include_reprocessed else "WHERE state = 'quarantined'"
+    sql = f"{_QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, rowid DESC LIMIT ?"
+    return [_quarantined(row) for row in conn.execute(sql, (limit,))]
+
+
+def get_quarantined(conn: sqlite3.Connection, quarantine_id: str) -> QuarantinedCallback | None:
+    row = conn.execute(f"{_QUARANTINE_COLUMNS} WHERE id = ?", (quarantine_id,)).fetchone()
+    return None if row is None else _quarantined(row)
+
+
+def settle_quarantined(
+    conn: sqlite3.Connection, quarantine_id: str, event_id: str | None, reason: str, now: float
+) -> bool:
+    sql = """
+        UPDATE quarantine SET state = ?, event_id = ?, reason = ?, updated_at = ?
+        WHERE id = ? AND state = 'quarantined'
+    """
+    state = "quarantined" if event_id is None else "reprocessed"
+    return conn.execute(sql, (state, event_id, reason, now, quarantine_id)).rowcount == 1
 
 
 def replay(conn: sqlite3.Connection, delivery_id: str, now: float) -> bool:

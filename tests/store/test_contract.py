@@ -17,7 +17,7 @@ import pytest
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
-from relay.store.base import NewDelivery, Outcome, Store
+from relay.store.base import NewDelivery, Outcome, QuarantinedCallback, Store
 from relay.store.memory import MemoryStore
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
@@ -460,3 +460,80 @@ async def test_pace_hands_out_one_slot_per_interval(store: Store) -> None:
     assert await store.pace("slack:C2", 1.0, now=T0 + 0.25) == 0.0  # another channel
     assert await store.pace("slack:C1", 1.0, now=T0 + 1.0) == 0.0
     assert await store.pace("slack:C1", 1.0, now=T0 + 1.5) == pytest.approx(0.5)
+
+
+# --- events, newest first -----------------------------------------------------------------------
+
+
+async def test_list_events_newest_received_first(store: Store) -> None:
+    assert await store.list_events() == []
+    for n, at in enumerate([T0 + 5, T0 + 1, T0 + 9, T0 + 9]):
+        await store.ingest(make_event(f"k{n}", at=at), [])
+    listed = await store.list_events()
+    # Same instant: the later ingest first.
+    assert [e.id for e in listed] == [
+        "ev-goapi-main-k3",
+        "ev-goapi-main-k2",
+        "ev-goapi-main-k0",
+        "ev-goapi-main-k1",
+    ]
+    assert listed[0] == make_event("k3", at=T0 + 9)
+    assert [e.id for e in await store.list_events(limit=2)] == [e.id for e in listed[:2]]
+    assert await store.list_events(limit=0) == []
+
+
+# --- quarantine ---------------------------------------------------------------------------------
+
+
+def quarantined(qid: str, at: float = T0, **extra: Any) -> QuarantinedCallback:
+    fields: dict[str, Any] = {
+        "id": qid,
+        "source": "goapi-main",
+        "provider": "goapi",
+        "received_at": at,
+        "reason": "KeyError: 'image_url'",
+        "body": b'{"data":{"task_id":"t-1","note":"caf\\u00e9"}}',
+        "headers": {"content-type": "application/json", "user-agent": "GoAPI/1"},
+        "query": {"page": "2"},
+        "client_ip": "203.0.113.9",
+        "updated_at": at,
+        **extra,
+    }
+    return QuarantinedCallback(**fields)
+
+
+async def test_a_quarantined_callback_is_kept_exactly_and_listed_newest_first(
+    store: Store,
+) -> None:
+    assert await store.list_quarantined() == []
+    first, second = quarantined("qcb-1", T0), quarantined("qcb-2", T0 + 1, client_ip=None)
+    await store.quarantine(first)
+    await store.quarantine(second)
+    assert await store.get_quarantined("qcb-1") == first
+    assert await store.get_quarantined("qcb-nope") is None
+    assert await store.list_quarantined() == [second, first]
+    assert await store.list_quarantined(limit=1) == [second]
+    # Ids are ours and unique: a clash is refused like a primary key would refuse it.
+    with pytest.raises(StoreUnavailableError):
+        await store.quarantine(quarantined("qcb-1", T0 + 2))
+    assert await store.get_quarantined("qcb-1") == first
+
+
+async def test_settling_a_quarantined_callback(store: Store) -> None:
+    await store.quarantine(quarantined("qcb-1"))
+    # Still unreadable: it stays, under the new reason.
+    assert await store.settle_quarantined(
+        "qcb-1", event_id=None, reason="now refused (400): data.task_id", now=T0 + 5
+    )
+    kept = await store.get_quarantined("qcb-1")
+    assert kept == quarantined("qcb-1", reason="now refused (400): data.task_id", updated_at=T0 + 5)
+    # Read at last: reprocessed into an event, and listed only when asked.
+    assert await store.settle_quarantined("qcb-1", event_id="ev-9", reason="r", now=T0 + 9)
+    done = await store.get_quarantined("qcb-1")
+    assert done is not None and (done.state, done.event_id) == ("reprocessed", "ev-9")
+    assert await store.list_quarantined() == []
+    assert await store.list_quarantined(include_reprocessed=True) == [done]
+    # Once only, and never an unknown one.
+    assert not await store.settle_quarantined("qcb-1", event_id="ev-10", reason="r", now=T0)
+    assert not await store.settle_quarantined("qcb-2", event_id=None, reason="r", now=T0)
+    assert await store.get_quarantined("qcb-1") == done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
@@ -19,8 +20,8 @@ from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store import open_store
 from relay.store.base import Claim, NewDelivery, Outcome
-from relay.store.postgres import PostgresStore
-from relay.store.postgres_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL
+from relay.store.postgres import CONFLICT_RETRIES, PostgresStore
+from relay.store.postgres_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL, Conn
 from tests.pg import Cluster, new_cluster, with_database
 
 T0 = 1_700_000_000.0
@@ -459,3 +460,173 @@ async def test_a_duplicate_ingest_does_not_wake_anyone(replicas: list[PostgresSt
     assert result.duplicate
     await asyncio.sleep(0.3)
     assert not woken.is_set()
+
+
+async def test_replicas_ingesting_the_same_keys_in_opposite_orders_never_deadlock(
+    replicas: list[PostgresStore], pg_url: str
+) -> None:
+    """Issue 16: each replica's batch inserts its rows in the one global order of their unique
+    key, whatever order the callbacks came in, so two overlapping batches wait on each other
+    but never in a cycle (a deadlock failed every callback of the victim's batch)."""
+    a, b = replicas
+    rounds, per_batch = 30, 200
+
+    async def receive(store: PostgresStore, name: str, key: str) -> tuple[str, bool]:
+        delivery = NewDelivery(f"{name}-{key}-d", "slack", 0)
+        result = await store.ingest(make_event(key, id=f"ev-{name}-{key}"), [delivery])
+        return result.event_id, result.duplicate
+
+    stored: set[str] = set()
+    for r in range(rounds):
+        keys = [f"r{r:02d}-k{i:03d}" for i in range(per_batch)]
+        # One gather: both replicas' writers start together, each with one batch of
+        # per_batch callbacks, a's in key order and b's in the reverse order.
+        results = await asyncio.gather(
+            *(receive(a, "a", key) for key in keys),
+            *(receive(b, "b", key) for key in reversed(keys)),
+        )
+        by_a = dict(zip(keys, results[:per_batch], strict=True))
+        by_b = dict(zip(reversed(keys), results[per_batch:], strict=True))
+        for key in keys:
+            (a_id, a_dup), (b_id, b_dup) = by_a[key], by_b[key]
+            assert a_id == b_id  # both answers name the one stored event
+            assert a_dup != b_dup, key  # exactly one caller stored it
+            assert a_id == (f"ev-b-{key}" if a_dup else f"ev-a-{key}")  # and it was that one
+            stored.add(a_id)
+    assert a.ingest_batches >= rounds and b.ingest_batches >= rounds
+    # Sorted, the batches never deadlock at all: no retry was needed either.
+    assert a.conflict_retries == b.conflict_retries == 0
+    rows = await sql(pg_url, "SELECT count(*), count(DISTINCT (source, dedupe_key)) FROM events")
+    assert rows == [(rounds * per_batch, rounds * per_batch)]  # every key once
+    assert {row[0] for row in await sql(pg_url, "SELECT id FROM events")} == stored
+    assert await sql(pg_url, "SELECT count(*) FROM deliveries") == [(rounds * per_batch,)]
+
+
+# --- conflicts the server resolves by rolling back: retried ---------------------------------
+
+
+async def test_a_deadlock_between_two_writes_is_retried_and_counted(pg_url: str) -> None:
+    """Two writes through the store lock two rows in opposite orders: a real deadlock. The
+    server rolls one of them back (whichever); the store runs that one again, and both land."""
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    try:
+        await sql(pg_url, "INSERT INTO pacing (key, free_at) VALUES ('x', 0), ('y', 0)")
+        held = {"x": asyncio.Event(), "y": asyncio.Event()}
+        runs: list[str] = []
+
+        def write(first: str, then: str) -> Callable[[Conn], Awaitable[str]]:
+            async def fn(conn: Conn) -> str:
+                runs.append(first)
+                async with conn.transaction():
+                    bump = "UPDATE pacing SET free_at = free_at + 10 WHERE key = %s"
+                    await conn.execute(bump, (first,))
+                    # Neither takes its second row before both hold their first: a cycle.
+                    # (Set already when the loser runs again.)
+                    held[first].set()
+                    await held[then].wait()
+                    await conn.execute(bump, (then,))
+                return first
+
+            return fn
+
+        async with asyncio.timeout(60):
+            done = await asyncio.gather(
+                store._run("test", write("x", "y")), store._run("test", write("y", "x"))
+            )
+        assert list(done) == ["x", "y"]
+        assert store.conflict_retries == 1
+        assert len(runs) == 3 and set(runs) == {"x", "y"}  # the victim ran twice
+        # The victim's first try left nothing behind; its second did all of its work.
+        assert await sql(pg_url, "SELECT key, free_at FROM pacing ORDER BY key") == [
+            ("x", 20.0),
+            ("y", 20.0),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_serialization_failure_is_retried_and_counted(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A password the server (trust) never asks for, to show the warning leaves it out.
+    store = PostgresStore.from_url(pg_url.replace("postgres@", "postgres:hunter2@"))
+    await store.open()
+    try:
+        await sql(pg_url, "INSERT INTO pacing (key, free_at) VALUES ('slot', 0)")
+        tries = 0
+
+        async def write(conn: Conn) -> float:
+            nonlocal tries
+            tries += 1
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await conn.execute("SELECT free_at FROM pacing")  # the snapshot is taken
+                if tries == 1:
+                    # Another session changes the row after it: this transaction cannot
+                    # update it any more (40001), but a new one can.
+                    await sql(pg_url, "UPDATE pacing SET free_at = 1 WHERE key = 'slot'")
+                cur = await conn.execute(
+                    "UPDATE pacing SET free_at = free_at + 10 WHERE key = 'slot' RETURNING free_at"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return float(row[0])
+
+        with caplog.at_level(logging.WARNING, logger="relay.store"):
+            assert await store._run("test", write) == 11.0
+        assert tries == 2
+        assert store.conflict_retries == 1
+        [warning] = [r for r in caplog.records if r.name == "relay.store"]
+        assert warning.levelno == logging.WARNING
+        message = warning.getMessage()
+        assert message.startswith("store: test: could not serialize access"), message
+        assert f"retry 1 of {CONFLICT_RETRIES}" in message and "hunter2" not in message
+    finally:
+        await store.close()
+
+
+async def test_conflicts_are_retried_a_bounded_number_of_times(pg_url: str) -> None:
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    try:
+        tries = 0
+
+        async def always_conflicts(conn: Conn) -> None:
+            nonlocal tries
+            tries += 1
+            await conn.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure';"
+                " END $$"
+            )
+
+        with pytest.raises(StoreUnavailableError, match=r"^store: test: conflict") as info:
+            await store._run("test", always_conflicts)
+        assert isinstance(info.value.__cause__, psycopg.errors.SerializationFailure)
+        assert tries == CONFLICT_RETRIES + 1
+        assert store.conflict_retries == CONFLICT_RETRIES
+    finally:
+        await store.close()
+
+
+async def test_other_errors_are_not_retried(pg_url: str) -> None:
+    store = PostgresStore.from_url(pg_url)
+    await store.open()
+    try:
+        tries = 0
+
+        async def fails(conn: Conn) -> None:
+            nonlocal tries
+            tries += 1
+            await conn.execute("SELECT 1 / 0")
+
+        with pytest.raises(StoreUnavailableError, match="division by zero"):
+            await store._run("test", fails)
+        assert tries == 1
+        # An id clash in an ingest (a constraint, not a conflict) is not retried either.
+        await store.ingest(make_event("k1"), [NewDelivery("d1", "slack", 0)])
+        with pytest.raises(StoreUnavailableError, match="duplicate key"):
+            await store.ingest(make_event("k2", id="ev-k1"), [])
+        assert store.conflict_retries == 0
+    finally:
+        await store.close()

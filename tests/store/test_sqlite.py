@@ -18,6 +18,7 @@ import pytest
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
+from relay.store import sqlite_queries as q
 from relay.store.base import NewDelivery, Outcome
 from relay.store.sqlite import SQLiteStore
 from relay.store.sqlite_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL
@@ -230,8 +231,51 @@ async def test_reopening_applies_migrations_once(db_path: str) -> None:
         "deliveries",
         "events",
         "pacing",
+        "quarantine",
         "schema_version",
     ]
+
+
+async def test_a_database_of_an_older_relay_is_upgraded_and_keeps_its_events(
+    db_path: str,
+) -> None:
+    # A database as the relay before the quarantine left it: the first two migrations.
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+    for version, script in enumerate(MIGRATIONS[:2], start=1):
+        for statement in q.statements(script):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    before = make_event("k0")
+    conn.execute(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            before.id,
+            before.source,
+            before.provider,
+            before.task_id,
+            before.dedupe_key,
+            before.status,
+            before.received_at.timestamp(),
+            before.model_dump_json(),
+        ),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        assert await store.list_events() == [before]
+        again = make_event("k0").model_copy(update={"id": "ev-again"})
+        assert (await store.ingest(again, [])).duplicate
+        assert await store.list_quarantined() == []
+    finally:
+        await store.close()
+    with other_connection(db_path) as check:
+        assert check.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            len(MIGRATIONS),
+        )
 
 
 async def test_refuses_a_database_from_a_newer_relay(db_path: str) -> None:
