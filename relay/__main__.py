@@ -1,4 +1,4 @@
-"""The command line: serve, worker, check, test, deliveries, replay."""
+"""The command line: serve, worker, check, test, deliveries, replay, events, reprocess."""
 
 from __future__ import annotations
 
@@ -8,21 +8,34 @@ import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from relay.errors import ConfigError, RequestError, StoreUnavailableError
+from relay import __version__
+from relay.errors import (
+    ConfigError,
+    RequestError,
+    StoreUnavailableError,
+    UnreadableCallbackError,
+)
+from relay.operate import (
+    cmd_deliveries,
+    cmd_events,
+    cmd_replay,
+    cmd_reprocess,
+    print_problems,
+)
 from relay.providers import default_providers
 from relay.providers.checks import source_checks
 from relay.routing.loader import LoadedRules, load_rules
 from relay.settings import Settings
-from relay.store import open_store
-from relay.store.base import DELIVERY_STATES, DeliveryRecord, Store
-from relay.store.sqlite import SQLiteStore
+from relay.store.base import DELIVERY_STATES
+
+if TYPE_CHECKING:
+    from relay.runtime import Runtime
 
 
 def _load(rules_dir: Path) -> LoadedRules:
@@ -30,26 +43,20 @@ def _load(rules_dir: Path) -> LoadedRules:
     return load_rules(rules_dir, os.environ, providers.keys(), source_checks(providers))
 
 
-def _print_problems(exc: ConfigError) -> None:
-    print(f"rules: {len(exc.problems)} problem(s):", file=sys.stderr)
-    for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
-
-
-async def _check_store(url: str) -> None:
-    store = open_store(url)
-    await store.open()
-    await store.close()
-
-
 def _preflight(settings: Settings) -> bool:
-    """Load the rules and open (and migrate) the store once before starting, so broken rules,
-    a bad path or an unreachable database is one clear message rather than a traceback."""
+    """Build the runtime once before starting (rules loaded, store opened and migrated), so
+    broken rules, a bad path or an unreachable database is one clear message rather than a
+    traceback."""
+    from relay.runtime import build_runtime
+
+    async def build() -> None:
+        async with build_runtime(settings, dispatch=False):
+            pass
+
     try:
-        _load(settings.rules)
-        asyncio.run(_check_store(settings.db))
+        asyncio.run(build())
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return False
     except (ValueError, StoreUnavailableError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
@@ -98,7 +105,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     try:
         loaded = _load(settings.rules)
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 1
     rules = loaded.rules
     print(
@@ -121,193 +128,106 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) -> int:
-    import aiohttp
+    from relay.runtime import build_runtime
 
-    from relay.channels import default_channel_types
-    from relay.channels.base import ChannelDeps, Delivery
+    try:
+        async with build_runtime(settings, dry_run=True) as runtime:
+            return _show_dry_run(args, runtime, body)
+    except ConfigError as exc:
+        print_problems(exc)
+        return 2
+
+
+def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes) -> int:
+    """What ``body`` would become at source ``args.source``: the event, then each request."""
+    from relay.channels.base import Delivery
     from relay.ids import IdFactory
     from relay.providers.base import Ignored, Inbound
-    from relay.receiver import Receiver
-    from relay.rulebook import RuleBook
-    from relay.store.memory import MemoryStore
+    from relay.receiver import final_dedupe_key
 
-    async with aiohttp.ClientSession() as http:
-        try:
-            book = RuleBook(
-                settings.rules,
-                default_providers(),
-                default_channel_types(),
-                ChannelDeps(http=http, clock=time.time, state=MemoryStore()),
-            )
-        except ConfigError as exc:
-            _print_problems(exc)
-            return 2
-        config = book.rules.sources.get(args.source)
-        if config is None:
-            known = ", ".join(sorted(book.rules.sources)) or "none"
-            print(f"relay test: unknown source '{args.source}' (known: {known})", file=sys.stderr)
-            return 2
-        receiver = Receiver(book, MemoryStore(), clock=time.time, max_depth=settings.max_depth)
-        inbound = Inbound(
-            source=args.source,
-            config=config,
-            headers={},
-            body=body,
-            received_at=datetime.now(UTC),
-            verify=False,
+    book, receiver = runtime.rulebook, runtime.receiver
+    config = book.rules.sources.get(args.source)
+    if config is None:
+        known = ", ".join(sorted(book.rules.sources)) or "none"
+        print(f"relay test: unknown source '{args.source}' (known: {known})", file=sys.stderr)
+        return 2
+    inbound = Inbound(
+        source=args.source,
+        config=config,
+        headers={},
+        body=body,
+        received_at=datetime.now(UTC),
+        verify=False,
+    )
+    try:
+        event = receiver.normalize(inbound, verify=False)
+    except RequestError as exc:
+        print(f"relay test: would answer {exc.status}: {exc.reason}", file=sys.stderr)
+        return 1
+    except UnreadableCallbackError as exc:
+        print(
+            f"relay test: would answer 200 and quarantine it (relay events --quarantined): "
+            f"{exc.reason}",
+            file=sys.stderr,
         )
-        try:
-            event = receiver.normalize(inbound, verify=False)
-        except RequestError as exc:
-            print(f"relay test: would answer {exc.status}: {exc.reason}", file=sys.stderr)
-            return 1
-        if isinstance(event, Ignored):
-            print(f"would answer 200 and ignore it: {event.reason}")
-            return 0
-        summary = event.model_dump(mode="json", exclude={"raw"})
-        print("event:")
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        targets = receiver.targets(event)
-        if not targets:
-            print("\nno route matches: the event would be stored and sent nowhere")
-            return 0
-        for target in targets:
-            channel = book.routing.channels[target.destination]
-            print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
-            print(channel.render(Delivery(IdFactory()("dlv"), target.destination, 1, event)))
+        return 1
+    if isinstance(event, Ignored):
+        print(f"would answer 200 and ignore it: {event.reason}")
+        return 0
+    if event.final:
+        event.dedupe_key = final_dedupe_key(event)
+    summary = event.model_dump(mode="json", exclude={"raw"})
+    print("event:")
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    targets = receiver.targets(event)
+    if not targets:
+        print("\nno route matches: the event would be stored and sent nowhere")
+        return 0
+    for target in targets:
+        channel = book.routing.channels[target.destination]
+        print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
+        print(channel.render(Delivery(IdFactory()("dlv"), target.destination, 1, event)))
     return 0
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _table(rows: Sequence[DeliveryRecord]) -> str:
-    headers = ["ID", "STATE", "DESTINATION", "SOURCE", "TASK", "STATUS", "TRIES", "NEXT", "ERROR"]
-    lines = [
-        [
-            r.id,
-            r.state,
-            r.destination,
-            r.source,
-            r.task_id,
-            r.status,
-            str(r.attempts),
-            _when(r.next_attempt_at) if r.state == "pending" else "-",
-            r.last_error[:80],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    out += [
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    ]
-    return "\n".join(out)
-
-
-def _existing_store(url: str) -> Store | None:
-    """The store at ``url``, or None (with a message) when that database does not exist:
-    inspecting a mistyped path must not create an empty database and report nothing."""
-    store = open_store(url)
-    if isinstance(store, SQLiteStore) and not Path(store.path).exists():
-        print(f"relay: no database at {store.path} (check --db or RELAY_DB)", file=sys.stderr)
-        return None
-    return store
-
-
-def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
-    async def run() -> int:
-        store = _existing_store(settings.db)
-        if store is None:
-            return 1
-        await store.open()
-        try:
-            if args.id:
-                record = await store.get_delivery(args.id)
-                if record is None:
-                    print(f"relay deliveries: no delivery {args.id}", file=sys.stderr)
-                    return 1
-                history = await store.attempts(args.id)
-                if args.json:
-                    show = {**asdict(record), "attempt_log": [asdict(a) for a in history]}
-                    print(json.dumps(show, indent=2))
-                    return 0
-                print(_table([record]))
-                print("\nattempts:")
-                # Numbered in order: a replay starts the retry count again, not the history.
-                for n, a in enumerate(history, start=1):
-                    print(f"  #{n} {_when(a.finished_at)} {a.state}: {a.detail}")
-                return 0
-            rows = await store.list_deliveries(args.state, args.limit)
-        finally:
-            await store.close()
-        if args.json:
-            print(json.dumps([asdict(r) for r in rows], indent=2))
-        elif rows:
-            print(_table(rows))
-        else:
-            print("no deliveries" + (f" in state {args.state}" if args.state else ""))
-        return 0
-
-    return _with_store_errors(run)
-
-
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    async def run() -> int:
-        store = _existing_store(settings.db)
-        if store is None:
-            return 1
-        await store.open()
-        try:
-            ids = list(args.ids)
-            if args.all_dead:
-                dead = [r.id for r in await store.list_deliveries("dead", limit=1_000_000)]
-                if not dead and not ids:
-                    print("no dead deliveries to replay")
-                    return 0
-                ids += dead
-            if not ids:
-                print("relay replay: name delivery ids or use --all-dead", file=sys.stderr)
-                return 2
-            failed = 0
-            for delivery_id in ids:
-                if await store.replay(delivery_id, time.time()):
-                    print(f"{delivery_id}: pending again, due now")
-                else:
-                    failed += 1
-                    print(f"{delivery_id}: not replayed (unknown or not dead)", file=sys.stderr)
-            return 1 if failed else 0
-        finally:
-            await store.close()
-
-    return _with_store_errors(run)
-
-
-def _with_store_errors(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
+def _positive(text: str) -> int:
     try:
-        return asyncio.run(run())
-    except StoreUnavailableError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relay", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser, *, db: bool = True) -> None:
-        sp.add_argument("--rules", type=Path, help="rules folder (RELAY_RULES, default rules)")
-        if db:
-            sp.add_argument("--db", help="database URL (RELAY_DB, default sqlite:///relay.db)")
+    def rules(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--rules", type=Path, metavar="DIR", help="rules folder (RELAY_RULES, default rules)"
+        )
+
+    def db(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--db", metavar="URL", help="database URL (RELAY_DB, default sqlite:///relay.db)"
+        )
+
+    def listing(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument(
+            "--limit",
+            type=_positive,
+            default=50,
+            metavar="N",
+            help=f"show at most N {what}, newest first (default 50)",
+        )
+        sp.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     s = sub.add_parser("serve", help="receive callbacks and deliver them")
-    common(s)
+    rules(s)
+    db(s)
     s.add_argument("--host", help="address to bind (RELAY_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (RELAY_PORT or PORT, default 8000)")
     s.add_argument("--access-log", action="store_true", help="log every HTTP request")
@@ -321,32 +241,58 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="deliver only: dispatch due deliveries from the database")
-    common(w)
+    rules(w)
+    db(w)
     w.set_defaults(func=cmd_worker)
 
     c = sub.add_parser("check", help="validate the rules and report every problem")
-    common(c, db=False)
+    rules(c)
     c.set_defaults(func=cmd_check)
 
     t = sub.add_parser("test", help="dry run: normalize, route and render a payload file")
-    common(t, db=False)
-    t.add_argument("--source", required=True, help="configured source name")
-    t.add_argument("file", help="JSON body as the provider would POST it")
+    rules(t)
+    t.add_argument("--source", required=True, metavar="NAME", help="configured source name")
+    t.add_argument("file", metavar="FILE", help="JSON body as the provider would POST it")
     t.set_defaults(func=cmd_test)
 
     d = sub.add_parser("deliveries", help="list deliveries, or show one with its attempts")
-    common(d)
-    d.add_argument("id", nargs="?", help="show this delivery and its attempts")
-    d.add_argument("--state", choices=DELIVERY_STATES)
-    d.add_argument("--limit", type=int, default=50)
-    d.add_argument("--json", action="store_true", help="JSON instead of a table")
+    db(d)
+    d.add_argument(
+        "id", nargs="?", metavar="DELIVERY_ID", help="show this delivery and its attempts"
+    )
+    d.add_argument("--state", choices=DELIVERY_STATES, help="only deliveries in this state")
+    listing(d, "deliveries")
     d.set_defaults(func=cmd_deliveries)
 
     r = sub.add_parser("replay", help="make dead deliveries pending again")
-    common(r)
-    r.add_argument("ids", nargs="*", metavar="DELIVERY_ID")
+    db(r)
+    r.add_argument("ids", nargs="*", metavar="DELIVERY_ID", help="dead deliveries to replay")
     r.add_argument("--all-dead", action="store_true", help="replay every dead delivery")
     r.set_defaults(func=cmd_replay)
+
+    e = sub.add_parser("events", help="list received events, or quarantined callbacks")
+    db(e)
+    e.add_argument(
+        "--quarantined",
+        action="store_true",
+        help="verified callbacks no adapter could read, kept for `relay reprocess`",
+    )
+    e.add_argument(
+        "--all", action="store_true", help="with --quarantined: the reprocessed ones too"
+    )
+    listing(e, "events")
+    e.set_defaults(func=cmd_events)
+
+    q = sub.add_parser(
+        "reprocess", help="read quarantined callbacks again, then route and deliver them"
+    )
+    rules(q)
+    db(q)
+    q.add_argument(
+        "ids", nargs="*", metavar="QUARANTINE_ID", help="quarantined callbacks to read again"
+    )
+    q.add_argument("--all", action="store_true", help="every callback still quarantined")
+    q.set_defaults(func=cmd_reprocess)
     return p
 
 

@@ -1,4 +1,4 @@
-"""create_app(): the Starlette app. Its lifespan builds and closes every dependency."""
+"""create_app(): the Starlette app. Its lifespan asks the runtime for everything it runs with."""
 
 from __future__ import annotations
 
@@ -11,27 +11,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import cast
 
-import aiohttp
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from relay import __version__
-from relay.app_state import AppState
-from relay.channels import ChannelFactory, default_channel_types
-from relay.channels.base import ChannelDeps
-from relay.crosscheck import CrossChecker
-from relay.dispatcher import Dispatcher
+from relay.channels import ChannelFactory
 from relay.endpoints import routes
 from relay.hooks import HookRouter
-from relay.providers import default_providers
 from relay.providers.base import Provider
-from relay.receiver import Receiver
-from relay.rulebook import RuleBook
+from relay.runtime import Runtime, build_runtime
 from relay.settings import Settings
-from relay.store import open_store
 from relay.store.base import Store
 
 log = logging.getLogger("relay")
@@ -55,63 +45,40 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        the_store = store if store is not None else open_store(settings.db)
-        await the_store.open()
-        # Delivery deadlines are per attempt (each channel's timeout); the session is shared
-        # by every outbound call, Slack's client included.
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=settings.concurrency * 2))
-        # Provider status look-ups (verify: fetch) are low volume: httpx is enough there.
-        lookups = httpx.AsyncClient(headers={"user-agent": f"relay/{__version__}"})
         stop = asyncio.Event()
         task: asyncio.Task[None] | None = None
-        try:
-            rulebook = RuleBook(
-                settings.rules,
-                providers if providers is not None else default_providers(),
-                channel_types if channel_types is not None else default_channel_types(),
-                ChannelDeps(http=http, clock=clock, state=the_store),
-                env=env,
-            )
-            dispatcher = None
-            if settings.dispatch:
-                dispatcher = Dispatcher(
-                    the_store,
-                    lambda: rulebook.routing,
-                    clock=clock,
-                    concurrency=settings.concurrency,
-                    lease_seconds=settings.lease_seconds,
-                )
-            receiver = Receiver(
-                rulebook,
-                the_store,
-                clock=clock,
-                max_depth=settings.max_depth,
-                on_stored=dispatcher.wake if dispatcher else None,
-                crosscheck=CrossChecker(lookups),
-            )
-            app.state.relay = AppState(settings, the_store, rulebook, receiver, http, dispatcher)
+        async with build_runtime(
+            settings,
+            store=store,
+            clock=clock,
+            env=env,
+            providers=providers,
+            channel_types=channel_types,
+        ) as runtime:
+            app.state.relay = runtime
             loop = asyncio.get_running_loop()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, rulebook.reload)
-            if dispatcher is not None:
-                task = asyncio.create_task(dispatcher.run_forever(stop), name="dispatcher")
-            # Everything built so far lives as long as the process: keep it out of the cyclic
-            # collector's scans, which otherwise cost a measurable share of every request.
-            gc.freeze()
-            yield
-        finally:
-            stop.set()
-            if task is not None:
-                await task
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            await http.close()
-            await lookups.aclose()
-            await the_store.close()
+                loop.add_signal_handler(signal.SIGHUP, runtime.rulebook.reload)
+            try:
+                if runtime.dispatcher is not None:
+                    task = asyncio.create_task(
+                        runtime.dispatcher.run_forever(stop), name="dispatcher"
+                    )
+                # Everything built so far lives as long as the process: keep it out of the
+                # cyclic collector's scans, which otherwise cost a measurable share of every
+                # request.
+                gc.freeze()
+                yield
+            finally:
+                stop.set()
+                if task is not None:
+                    await task
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(signal.SIGHUP)
 
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={Exception: _internal_error},
     )
-    return HookRouter(app, lambda: cast(AppState, app.state.relay))
+    return HookRouter(app, lambda: cast(Runtime, app.state.relay))

@@ -64,6 +64,13 @@ class CrossChecker:
             trusted = provider.from_status(inbound, body, event)
         except PayloadError as exc:
             raise UpstreamUnavailableError(f"status API answer not understood: {exc}") from None
+        except Exception as exc:
+            # An adapter bug on the answer: the callback is unconfirmed, so not kept; 503 lets
+            # the provider send it again once relay is fixed.
+            log.exception("%s could not read its status API's answer", inbound.config.provider)
+            raise UpstreamUnavailableError(
+                f"status API answer not understood: {type(exc).__name__}"
+            ) from None
         if trusted is None:
             raise VerificationError(f"task {event.task_id} is unknown to the provider")
         if event.final and not trusted.final:

@@ -6,12 +6,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.app_state import AppState
 from relay.errors import StoreUnavailableError
+from relay.runtime import Runtime
 
 
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.relay
+def _state(request: Request) -> Runtime:
+    state: Runtime = request.app.state.relay
     return state
 
 

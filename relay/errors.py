@@ -52,6 +52,15 @@ class BodyTooLargeError(RequestError):
     status = 413
 
 
+class UnreadableCallbackError(RelayError):
+    """A verified callback whose adapter failed in an unexpected way (a bug, or a shape we do
+    not know yet): not the sender's fault, so it is kept in quarantine and answered 200."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class UpstreamUnavailableError(RelayError):
     """A provider's status API could not answer a cross-check: 503, so the provider retries."""
 

@@ -16,7 +16,6 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.app_state import AppState
 from relay.errors import (
     BodyTooLargeError,
     RequestError,
@@ -24,7 +23,8 @@ from relay.errors import (
     UpstreamUnavailableError,
 )
 from relay.providers.base import Ignored
-from relay.receiver import Request
+from relay.receiver import Quarantined, Request
+from relay.runtime import Runtime
 
 log = logging.getLogger("relay.hooks")
 
@@ -41,7 +41,7 @@ class Disconnected(Exception):
 class HookRouter:
     """Sends ``/hooks/...`` to the ingest endpoint and everything else to ``app``."""
 
-    def __init__(self, app: ASGIApp, state: Callable[[], AppState]) -> None:
+    def __init__(self, app: ASGIApp, state: Callable[[], Runtime]) -> None:
         self.app = app
         self._state = state
 
@@ -62,7 +62,7 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
-async def hook(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
+async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] != "POST":
         await respond(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
         return
@@ -109,6 +109,9 @@ async def hook(state: AppState, scope: Scope, receive: Receive, send: Send) -> N
         return
     if isinstance(result, Ignored):
         await respond(send, 200, {"ignored": result.reason})
+    elif isinstance(result, Quarantined):
+        # 200: it is stored, and a 4xx would make the provider give it up for good.
+        await respond(send, 200, {"quarantined": result.quarantine_id, "reason": result.reason})
     else:
         await respond(
             send,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -14,16 +15,17 @@ from relay.crosscheck import CrossChecker
 from relay.errors import (
     PayloadError,
     UnknownSourceError,
+    UnreadableCallbackError,
     UpstreamUnavailableError,
     VerificationError,
 )
 from relay.events import TaskEvent
 from relay.ids import IdFactory
 from relay.providers.base import Ignored, Inbound
-from relay.providers.common import scrub_literal_in_place
+from relay.providers.common import is_sensitive_key, redact_in_place, scrub_literal_in_place
 from relay.routing.router import Target, route
 from relay.rulebook import RuleBook
-from relay.store.base import NewDelivery, Store
+from relay.store.base import NewDelivery, QuarantinedCallback, Store
 
 log = logging.getLogger("relay.receiver")
 
@@ -34,6 +36,13 @@ class Accepted(NamedTuple):
     event_id: str
     duplicate: bool
     deliveries: int
+
+
+class Quarantined(NamedTuple):
+    """A verified callback no adapter could read: stored as it came, answered 200."""
+
+    quarantine_id: str
+    reason: str
 
 
 class Request(NamedTuple):
@@ -106,18 +115,77 @@ class Receiver:
             return provider.normalize(inbound, payload, self._ids("evt"))
         except (PayloadError, VerificationError):
             raise
-        except Exception as exc:  # an adapter bug must still answer 400, not 500
-            log.exception("provider %s failed on a payload", inbound.config.provider)
-            raise PayloadError(f"payload not understood: {type(exc).__name__}") from None
+        except Exception as exc:
+            # Verified, so not the sender's fault: a 4xx would make providers such as APIMart
+            # give up on it for good. The caller keeps it for `relay reprocess`.
+            log.exception(
+                "provider %s could not read a callback to source %s",
+                inbound.config.provider,
+                inbound.source,
+            )
+            raise UnreadableCallbackError(_reason(exc, inbound)) from exc
 
     def targets(self, event: TaskEvent) -> list[Target]:
         return route(self._rulebook.rules, event)
 
-    async def receive(self, request: Request) -> Accepted | Ignored:
+    async def receive(self, request: Request) -> Accepted | Ignored | Quarantined:
         inbound = self.inbound(request)
-        result = self.normalize(inbound)
+        try:
+            result = self.normalize(inbound)
+        except UnreadableCallbackError as exc:
+            return await self._quarantine(inbound, exc.reason)
         if isinstance(result, Ignored):
             return result
+        return await self.accept(inbound, result)
+
+    async def reprocess(self, callback: QuarantinedCallback) -> Accepted | Ignored:
+        """Read a quarantined callback again with today's adapter, then route and store it
+        like a new one. It was verified when it arrived, so secrets and the replay window are
+        not checked again. Raises UnreadableCallbackError if it still cannot be read, and
+        RequestError if it is now refused."""
+        config = self._rulebook.rules.sources.get(callback.source)
+        if config is None:
+            raise UnknownSourceError(f"unknown source '{callback.source}'")
+        inbound = Inbound(
+            source=callback.source,
+            config=config,
+            headers=callback.headers,
+            body=callback.body,
+            received_at=datetime.fromtimestamp(callback.received_at, UTC),
+            query=callback.query,
+            client_ip=callback.client_ip,
+            verify=False,
+        )
+        result = self.normalize(inbound, verify=False)
+        if isinstance(result, Ignored):
+            return result
+        return await self.accept(inbound, result)
+
+    async def _quarantine(self, inbound: Inbound, reason: str) -> Quarantined:
+        callback = QuarantinedCallback(
+            id=self._ids("qcb"),
+            source=inbound.source,
+            provider=inbound.config.provider,
+            received_at=inbound.received_at.timestamp(),
+            reason=reason,
+            body=_redacted_body(inbound, self._max_depth),
+            headers={k: v for k, v in inbound.headers.items() if not _secret_header(k)},
+            query={k: v for k, v in (inbound.query or {}).items() if not is_sensitive_key(k)},
+            client_ip=inbound.client_ip,
+            updated_at=inbound.received_at.timestamp(),
+        )
+        await self._store.quarantine(callback)
+        log.error(
+            "quarantined %s from source %s: %s (relay reprocess %s)",
+            callback.id,
+            inbound.source,
+            reason,
+            callback.id,
+        )
+        return Quarantined(callback.id, reason)
+
+    async def accept(self, inbound: Inbound, result: TaskEvent) -> Accepted:
+        """Cross-check (where the source asks), route and store a normalized event."""
         token = inbound.config.token
         if token is not None and token.get_secret_value().encode() in inbound.body:
             # The body echoes our URL token somewhere: it must not be stored or forwarded.
@@ -127,6 +195,10 @@ class Receiver:
                 raise UpstreamUnavailableError("cross-checks are not available in this process")
             provider = self._rulebook.providers[inbound.config.provider]
             result = await self._crosscheck.confirm(provider, inbound, result)
+        if result.final:
+            # Once the status is trusted (after any cross-check): one final event per task and
+            # status, whatever the provider's retries change (GoAPI's body timestamp).
+            result.dedupe_key = final_dedupe_key(result)
         targets = self.targets(result)
         destinations = self._rulebook.rules.destinations
         # Channels that keep one message per task get the task's events in order.
@@ -153,6 +225,50 @@ class Receiver:
                 ", ".join(t.destination for t in targets) or "no route",
             )
         return Accepted(stored.event_id, stored.duplicate, 0 if stored.duplicate else len(targets))
+
+
+def final_dedupe_key(event: TaskEvent) -> str:
+    """The dedupe key of a final event: provider, task and normalized status. Progress events
+    keep their adapter's key, which tells one progress report from the next."""
+    return f"{event.provider}:{event.task_id}:{event.status}"
+
+
+# Headers that carry a credential, besides any whose name is a sensitive key.
+_SECRET_HEADERS = frozenset({"webhook-signature", "cookie", "proxy-authorization"})
+
+
+def _secret_header(name: str) -> bool:
+    return name.lower() in _SECRET_HEADERS or is_sensitive_key(name)
+
+
+def _secrets_of(inbound: Inbound) -> list[str]:
+    config = inbound.config
+    found = [s.get_secret_value() for s in (config.secret, config.token) if s is not None]
+    if inbound.path_token:
+        found.append(inbound.path_token)
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _reason(exc: Exception, inbound: Inbound) -> str:
+    """What went wrong, short, on one line, with no secret of the source in it."""
+    text = " ".join(str(exc).split())
+    for secret in _secrets_of(inbound):
+        text = text.replace(secret, "[redacted]")
+    text = text[:200]  # after the scrub: a cut could leave part of a secret behind
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _redacted_body(inbound: Inbound, max_depth: int) -> bytes:
+    """The body as it came, with what redaction always removes: credential-named keys and the
+    source's secrets wherever the body echoes them. Parsed afresh: the adapter that failed may
+    have changed its copy half way."""
+    payload = parse_json(inbound.body, max_depth)
+    redact_in_place(payload)
+    if isinstance(payload, dict | list):
+        for secret in _secrets_of(inbound):
+            scrub_literal_in_place(payload, secret)
+    # ASCII escapes: a lone surrogate that the parser let through cannot break the encoding.
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _allowed(client_ip: str | None, networks: list[str]) -> bool:

@@ -14,16 +14,10 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
-from relay.channels import ChannelFactory, default_channel_types
-from relay.channels.base import ChannelDeps
-from relay.dispatcher import Dispatcher
-from relay.providers import default_providers
+from relay.channels import ChannelFactory
 from relay.providers.base import Provider
-from relay.rulebook import RuleBook
+from relay.runtime import build_runtime
 from relay.settings import Settings
-from relay.store import open_store
 from relay.store.base import Store
 
 log = logging.getLogger("relay.worker")
@@ -37,51 +31,42 @@ async def run_worker(
     channel_types: Mapping[str, ChannelFactory] | None = None,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Dispatch until ``stop`` is set; in-flight sends finish and are recorded first."""
-    the_store = store if store is not None else open_store(settings.db)
-    await the_store.open()
-    try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.concurrency * 2)
-        ) as http:
-            rulebook = RuleBook(
-                settings.rules,
-                providers if providers is not None else default_providers(),
-                channel_types if channel_types is not None else default_channel_types(),
-                ChannelDeps(http=http, clock=clock, state=the_store),
-            )
-            dispatcher = Dispatcher(
-                the_store,
-                lambda: rulebook.routing,
-                clock=clock,
-                concurrency=settings.concurrency,
-                lease_seconds=settings.lease_seconds,
-            )
-            loop = asyncio.get_running_loop()
+    async with build_runtime(
+        settings,
+        store=store,
+        clock=clock,
+        env=env,
+        providers=providers,
+        channel_types=channel_types,
+        dispatch=True,
+    ) as runtime:
+        dispatcher, rulebook = runtime.dispatcher, runtime.rulebook
+        assert dispatcher is not None  # dispatch=True
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, rulebook.reload)
+        log.info(
+            "worker %s dispatching from %s (%d destinations)",
+            dispatcher.worker_id,
+            _safe_url(settings.db),
+            len(rulebook.rules.destinations),
+        )
+        try:
+            await dispatcher.run_forever(stop)
+        finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, rulebook.reload)
-            log.info(
-                "worker %s dispatching from %s (%d destinations)",
-                dispatcher.worker_id,
-                _safe_url(settings.db),
-                len(rulebook.rules.destinations),
-            )
-            try:
-                await dispatcher.run_forever(stop)
-            finally:
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(signal.SIGHUP)
-            stats = dispatcher.stats
-            log.info(
-                "worker %s stopped: %d delivered, %d retried, %d dead",
-                dispatcher.worker_id,
-                stats.delivered,
-                stats.retried,
-                stats.dead,
-            )
-    finally:
-        await the_store.close()
+                loop.remove_signal_handler(signal.SIGHUP)
+        stats = dispatcher.stats
+        log.info(
+            "worker %s stopped: %d delivered, %d retried, %d dead",
+            dispatcher.worker_id,
+            stats.delivered,
+            stats.retried,
+            stats.dead,
+        )
 
 
 def _safe_url(url: str) -> str:

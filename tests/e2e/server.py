@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from relay.app import create_app
+from relay.providers.base import Provider
 from relay.settings import Settings
 from relay.store.base import Store
 
@@ -22,6 +23,7 @@ class RelayServer:
     store: Store | None = None
     clock: Callable[[], float] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, Provider] | None = None
     port: int = 0
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
@@ -36,6 +38,8 @@ class RelayServer:
             kwargs["store"] = self.store
         if self.clock is not None:
             kwargs["clock"] = self.clock
+        if self.providers is not None:
+            kwargs["providers"] = self.providers
         app = create_app(self.settings, **kwargs)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

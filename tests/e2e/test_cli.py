@@ -6,18 +6,12 @@ Every run has a timeout. The tests assert on exit codes and on the text a user r
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,64 +19,75 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.downstream import Downstream
+from tests.e2e.cli import (
+    DOWN_SECRET,
+    GOAPI_SECRET,
+    REPO,
+    Serve,
+    arelay,
+    base_env,
+    free_port,
+    relay,
+    write,
+)
 from tests.fixtures_util import FIXTURES, load
 
-REPO = Path(__file__).resolve().parents[2]
-GOAPI_SECRET = "s3cr3t-relay-goapi"  # what the GoAPI fixtures send (and carry in their body)
-DOWN_SECRET = "whsec_" + base64.b64encode(b"cli-downstream-secret-01").decode()
-RUN_TIMEOUT = 30.0
+# --- the command line as a whole -----------------------------------------------------------
 
 
-def base_env(**extra: str) -> dict[str, str]:
-    """An almost empty environment: no RELAY_* and no rule variables unless given."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
-    if "HOME" in os.environ:
-        env["HOME"] = os.environ["HOME"]
-    env.update(extra)
-    return env
+def test_version() -> None:
+    from relay import __version__
+
+    r = relay(REPO, "--version")
+    assert r.code == 0 and r.out.strip() == f"relay {__version__}"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
+def test_every_option_and_argument_of_every_command_has_help() -> None:
+    import argparse
 
-    @property
-    def text(self) -> str:
-        return self.out + self.err
+    from relay.__main__ import parser
+
+    top = parser()
+    [commands] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) >= {"serve", "worker", "check", "test", "deliveries", "replay"}
+    assert {"events", "reprocess"} <= set(commands.choices)
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"relay {name}: {action.option_strings or action.dest} has no help"
+        # Shown to a person, too.
+        shown = relay(REPO, name, "--help")
+        assert shown.code == 0 and "usage: relay " + name in shown.out
 
 
-def relay(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    done = subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        cwd=cwd,
-        env=env if env is not None else base_env(),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
+@pytest.mark.parametrize("command", ["deliveries", "replay", "events"])
+def test_commands_that_read_no_rules_take_no_rules_option(tmp_path: Path, command: str) -> None:
+    r = relay(tmp_path, command, "--rules", "rules")
+    assert r.code == 2 and "unrecognized arguments: --rules" in r.err
+
+
+def test_check_lists_every_problem_of_every_route_in_file_order(tmp_path: Path) -> None:
+    write(
+        tmp_path / "rules",
+        {
+            "rules.yaml": (
+                "smtp:\n  host: ${SMTP_HOST}\n  from: ${SMTP_FROM}\n"
+                "destinations:\n  oncall: {type: email, to: [oncall@example.com]}\n"
+                "routes:\n  - to: [oncall, pager]\n    bogus: 1\n  - to: [gone]\n"
+            )
+        },
     )
-    return Result(done.returncode, done.stdout, done.stderr)
-
-
-async def arelay(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    """``relay`` without blocking the event loop (a test server may be running in it)."""
-    return await asyncio.to_thread(relay, cwd, *args, env=env)
-
-
-def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    r = relay(tmp_path, "check", "--rules", "rules")
+    assert r.code == 1
+    lines = [line.strip().removeprefix("rules/rules.yaml: ") for line in r.err.splitlines()]
+    assert lines[0] == "rules: 5 problem(s):"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "smtp.host",
+        "smtp.from",
+        "routes[0].to",
+        "routes[0].bogus",
+        "routes[1].to",
+    ]
+    assert "unknown destination 'pager'" in lines[3] and "unknown destination 'gone'" in lines[5]
 
 
 # --- relay check ----------------------------------------------------------------------------
@@ -230,9 +235,16 @@ def test_dry_run_prints_the_event_the_destination_and_the_signed_envelope(dry: P
     assert event["outputs"][0]["kind"] == "image"
     assert event["outputs"][0]["url"] == FLUX_IMAGE
 
-    request_line, _, body_text = rest.partition("\n")
+    head, _, body_text = rest.partition("\n\n")
+    request_line, *header_lines = head.split("\n")
     assert request_line == "POST https://down.example.com/hooks/tasks"
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    assert headers["content-type"] == "application/json"
+    assert headers["webhook-id"].startswith("dlv_")
+    # Signed as a send would sign it: the reference verifier accepts the compact body.
     envelope = json.loads(body_text)
+    compact = json.dumps(envelope, separators=(",", ":")).encode()
+    assert Webhook(DOWN_SECRET).verify(compact, headers) == envelope
     assert envelope["type"] == "task.succeeded"
     assert envelope["timestamp"].endswith("Z")
     assert envelope["data"]["outputs"][0]["url"] == FLUX_IMAGE
@@ -240,6 +252,27 @@ def test_dry_run_prints_the_event_the_destination_and_the_signed_envelope(dry: P
 
     assert GOAPI_SECRET not in r.text
     assert DOWN_SECRET not in r.text
+
+
+@pytest.mark.parametrize("timestamp", ["drop", "garbage", "stale"])
+def test_dry_run_checks_neither_secret_nor_timestamp(
+    dry: Path, tmp_path: Path, timestamp: str
+) -> None:
+    body = json.loads(FLUX.read_text())
+    if timestamp == "drop":
+        del body["timestamp"]
+    elif timestamp == "garbage":
+        body["timestamp"] = "yesterday"
+    else:
+        body["timestamp"] = 1  # 1970
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps(body))
+    r = relay(dry, "test", "--rules", "rules", "--source", "goapi", str(sample), env=dry_env())
+    assert r.code == 0, r.err
+    event = json.loads(re.split(r"\n\n--- to ", r.out[7:])[0])
+    assert event["status"] == "succeeded"
+    # What the relay would dedupe the event on: one success per task.
+    assert event["dedupe_key"] == f"goapi:{body['data']['task_id']}:succeeded"
 
 
 def test_dry_run_when_no_route_matches(dry: Path) -> None:
@@ -298,77 +331,6 @@ routes:
     to: [down]
 """
 HEADER = ["ID", "STATE", "DESTINATION", "SOURCE", "TASK", "STATUS", "TRIES", "NEXT", "ERROR"]
-
-
-class Serve:
-    """``relay serve`` as a subprocess; its output goes to a log file for failure messages."""
-
-    def __init__(self, cwd: Path, env: dict[str, str], name: str) -> None:
-        self.cwd, self.env = cwd, env
-        self.port = free_port()
-        self.log = cwd / f"{name}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    async def start(self) -> Serve:
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "relay",
-                "serve",
-                "--rules",
-                "rules",
-                "--port",
-                str(self.port),
-                cwd=self.cwd,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            await self._ready(self.proc, within=15)
-        except BaseException:
-            await self.stop()  # never leave a server behind
-            raise
-        return self
-
-    async def _ready(self, proc: asyncio.subprocess.Process, within: float) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as client:
-            while True:
-                if proc.returncode is not None:
-                    raise AssertionError(f"relay serve exited early:\n{self.output()}")
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"relay serve did not become ready:\n{self.output()}")
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> int | None:
-        """SIGTERM, then wait (bounded); kill if it hangs. Returns the exit code."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise AssertionError(f"relay serve ignored SIGTERM:\n{self.output()}") from None
-        return proc.returncode
 
 
 def delivery_states(db: Path) -> dict[str, str]:

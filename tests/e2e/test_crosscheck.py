@@ -15,6 +15,10 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from relay.events import TaskEvent
+from relay.providers import default_providers
+from relay.providers.base import Inbound, Provider
+from relay.providers.unified import UnifiedProvider
 from relay.settings import Settings
 from tests.downstream import Downstream
 from tests.e2e.server import RelayServer, write_rules
@@ -86,10 +90,12 @@ async def status_api() -> AsyncIterator[StatusAPI]:
     await api.stop()
 
 
-@pytest.fixture
-async def relay(
-    tmp_path: Path, downstream: Downstream, status_api: StatusAPI
-) -> AsyncIterator[RelayServer]:
+def relay_server(
+    tmp_path: Path,
+    downstream: Downstream,
+    status_api: StatusAPI,
+    providers: dict[str, Provider] | None = None,
+) -> RelayServer:
     env = {
         "TOKEN": TOKEN,
         "API_KEY": API_KEY,
@@ -99,7 +105,14 @@ async def relay(
     }
     rules = write_rules(tmp_path / "rules", RULES)
     settings = Settings(rules=rules, db=f"sqlite:///{tmp_path / 'relay.db'}")
-    server = await RelayServer(settings, env=env).start()
+    return RelayServer(settings, env=env, providers=providers)
+
+
+@pytest.fixture
+async def relay(
+    tmp_path: Path, downstream: Downstream, status_api: StatusAPI
+) -> AsyncIterator[RelayServer]:
+    server = await relay_server(tmp_path, downstream, status_api).start()
     yield server
     await server.stop()
 
@@ -211,3 +224,27 @@ def test_verify_fetch_without_an_api_key_is_a_config_error(tmp_path: Path) -> No
     assert caught.value.problems == [
         f"{tmp_path / 'rules.yaml'}: sources.g.api_key: is required with verify: fetch"
     ]
+
+
+class AnswerBug(UnifiedProvider):
+    """GoAPI's adapter with a bug in reading the status API's answer."""
+
+    def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
+        raise IndexError("list index out of range")
+
+
+async def test_an_adapter_that_cannot_read_the_status_answer_means_503(
+    tmp_path: Path, downstream: Downstream, status_api: StatusAPI
+) -> None:
+    # The callback is unconfirmed, so it is not kept: 503, and the provider sends it again.
+    body = luma()
+    status_api.tasks[body["data"]["task_id"]] = copy.deepcopy(body["data"])
+    providers = {**default_providers(), "goapi": AnswerBug("goapi")}
+    server = await relay_server(tmp_path, downstream, status_api, providers).start()
+    try:
+        r = await post(server, body)
+        assert r.status_code == 503, r.text
+        assert r.json() == {"error": "status API answer not understood: IndexError"}
+        assert stored_events(server) == 0
+    finally:
+        await server.stop()

@@ -64,6 +64,7 @@ class Fleet:
     def __init__(self, tmp_path: Path, db: str, down_url: str) -> None:
         self.tmp_path = tmp_path
         self.db = db
+        self.down_url = down_url
         self.env = {
             **os.environ,
             "DOWN_URL": down_url,
@@ -74,7 +75,7 @@ class Fleet:
         self.procs: list[subprocess.Popen[bytes]] = []
         write_rules(tmp_path / "rules", RULES)
 
-    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+    def _start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.tmp_path / "relay.log", "ab") as log:
             proc = subprocess.Popen(
                 [
@@ -82,7 +83,7 @@ class Fleet:
                     *("-m", "relay", *args),
                     *("--rules", str(self.tmp_path / "rules"), "--db", self.db),
                 ],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -103,8 +104,12 @@ class Fleet:
                     pass
                 await asyncio.sleep(0.1)
 
-    def worker(self) -> subprocess.Popen[bytes]:
-        return self._start("worker")
+    def worker(self, name: str | None = None) -> subprocess.Popen[bytes]:
+        """A worker; with a ``name``, it sends to the downstream's path /hook/<name>, so the
+        downstream knows which worker sent each request."""
+        if name is None:
+            return self._start("worker")
+        return self._start("worker", env={"DOWN_URL": f"{self.down_url}/{name}"})
 
     def log(self) -> str:
         path = self.tmp_path / "relay.log"
@@ -243,21 +248,22 @@ async def test_two_receivers_and_two_workers_deliver_every_event_once(
 
 
 async def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, pg_url: str) -> None:
-    arrivals: dict[str, list[float]] = {}
+    # Per webhook-id, each copy's sender (its path) and arrival time.
+    arrivals: dict[str, list[tuple[str, float]]] = {}
     async with downstream() as down:
         # Each answer takes 0.5 s: a busy worker always has sends in flight.
         down.delay = 0.5
         down.on_request = lambda r: arrivals.setdefault(r.headers["webhook-id"], []).append(
-            time.monotonic()
+            (r.path, time.monotonic())
         )
         with fleet(tmp_path, pg_url, down.url) as f:
             webs = [await f.web(), await f.web()]
             await send_all(webs)
             # The victim starts first and is seen sending before the other one starts, so the
             # kill surely lands on sends of its own in flight.
-            victim = f.worker()
+            victim = f.worker("victim")
             await wait_for_ids(down, 32, within=60)
-            f.worker()
+            f.worker("survivor")
             await wait_for_ids(down, CALLBACKS // 4, within=60)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
@@ -269,14 +275,18 @@ async def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, pg_url: str
         assert len(ids) == CALLBACKS
         doubled = [i for i, n in ids.items() if n > 1]
         # Only deliveries in flight at the kill may arrive twice, with the same webhook-id: the
-        # first copy came before the kill (the victim sent it, then died before recording),
-        # the second after (its lease expired and another worker took it over). A worker has
-        # at most RELAY_CONCURRENCY (64) sends in flight.
+        # first copy from the victim (it sent it, then died before recording), the second from
+        # the survivor after the kill (the lease expired and it took the delivery over). A
+        # worker has at most RELAY_CONCURRENCY (64) sends in flight.
+        # Who sent the first copy, not when it arrived: the downstream runs on this event loop,
+        # which victim.wait() holds up, so a request the victim sent just before it died can be
+        # read after killed_at.
         assert 0 < len(doubled) <= 64, len(doubled)
         assert max(ids.values()) <= 2
         for webhook_id in doubled:
-            first, second = arrivals[webhook_id]
-            assert first <= killed_at <= second, webhook_id
+            (first_by, _), (second_by, second_at) = arrivals[webhook_id]
+            assert (first_by, second_by) == ("/hook/victim", "/hook/survivor"), webhook_id
+            assert killed_at <= second_at, webhook_id
     assert await database_agrees(pg_url) == {
         "pending": 0,
         "sending": 0,
