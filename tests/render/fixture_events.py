@@ -24,9 +24,11 @@ DELIVERY_LAG = timedelta(seconds=2)
 
 
 def fixture_files() -> list[Path]:
-    """Every fixture body (not its headers), sorted."""
+    """Every fixture body (not its headers, not an oracle), sorted."""
     return sorted(
-        path for path in FIXTURES.glob("*/*.json") if not path.name.endswith(".headers.json")
+        path
+        for path in FIXTURES.glob("*/*.json")
+        if not path.name.endswith(".headers.json") and path.name != "expected.json"
     )
 
 

@@ -84,9 +84,8 @@ def normalize(payload: Any) -> TaskEvent:
 
 
 def test_every_sample_has_a_case() -> None:
-    assert sorted(p.name for p in FIXTURES.glob("*.json") if ".headers." not in p.name) == sorted(
-        CASES
-    )
+    samples = [p.name for p in FIXTURES.glob("*.json") if ".headers." not in p.name]
+    assert sorted(name for name in samples if name != "expected.json") == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
