@@ -2,7 +2,7 @@
 
 The callback body is ``{"timestamp": <unix s>, "data": <the task>}``; the header
 ``x-webhook-secret`` carries our shared secret in clear. ``data.output`` has a different shape per
-model (Luma, Kling, Flux, Midjourney, Suno, 3D, captions), all read by ``_OutputCollector``.
+model family; ``relay.providers.unified_outputs`` reads them all.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
-from relay.events import FINAL_STATUSES, OutputKind, Status, TaskError, TaskEvent
+from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
-    get_list,
     get_str,
-    kind_from_url,
     parse_time,
     redact_in_place,
-    s3_expiry,
     secrets_equal,
 )
+from relay.providers.unified_outputs import collect_outputs
 from relay.routing.model import SourceConfig
 
 SECRET_HEADER = "x-webhook-secret"
@@ -54,33 +52,9 @@ PROMPT_PLACES: tuple[tuple[str, str], ...] = (
     ("input", "text"),
 )
 
-# Output keys that hold URLs of one kind (or of a kind read from the URL when None), read after
-# the model-specific shapes; a string or a list of strings/objects with a URL.
-GENERIC_OUTPUT_KEYS: tuple[tuple[str, OutputKind | None], ...] = (
-    ("video_url", "video"),
-    ("video_urls", "video"),
-    ("videos", "video"),
-    ("audio_url", "audio"),
-    ("audios", "audio"),
-    ("images", "image"),
-    ("url", None),
-    ("download_url", None),
-)
-
-# A Kling work holds its media under a key named for the kind.
-KLING_WORK_KINDS: tuple[OutputKind, ...] = ("video", "image")
-
-# Keys inside an output object that may hold its URL, best first (no-watermark before watermark).
-URL_KEYS: tuple[str, ...] = (
-    "resource_without_watermark",
-    "url_no_watermark",
-    "resource",
-    "url",
-    "image_url",
-    "video_url",
-    "audio_url",
-)
-
+# Where a task's progress (0-100) sits, first number wins: Midjourney "progress" (the docs also
+# name it "task_progress"), Hailuo "percent".
+PROGRESS_KEYS: tuple[str, ...] = ("progress", "task_progress", "percent")
 
 DEFAULT_API_URLS = {"goapi": "https://api.goapi.ai", "piapi": "https://api.piapi.ai"}
 
@@ -185,7 +159,7 @@ class UnifiedProvider:
             "provider_status": provider_status,
             "progress": _progress(output, status),
             "final": status in FINAL_STATUSES,
-            "outputs": _OutputCollector().collect(output) if output else [],
+            "outputs": collect_outputs(output) if output else [],
             "error": _error(error) if error else None,
             "created_at": created_at,
             "started_at": parse_time(meta.get("started_at")),
@@ -244,10 +218,13 @@ def _prompt(data: dict[str, Any]) -> str | None:
 def _progress(output: Any, status: Status) -> int | None:
     if status == "succeeded":
         return 100
-    value = as_float(output.get("progress")) if isinstance(output, dict) else None
-    if value is None:
+    if not isinstance(output, dict):
         return None
-    return round(min(100.0, max(0.0, value)))
+    for key in PROGRESS_KEYS:
+        value = as_float(output.get(key))
+        if value is not None:
+            return round(min(100.0, max(0.0, value)))
+    return None
 
 
 def _error(error: Any) -> TaskError | None:
@@ -280,160 +257,3 @@ def _duration(created_at: datetime | None, finished_at: datetime | None) -> floa
     if created_at is None or finished_at is None or finished_at < created_at:
         return None
     return round((finished_at - created_at).total_seconds(), 1)
-
-
-class _OutputCollector:
-    """Reads every output shape of the unified schema, keeping each URL once.
-
-    Outputs are collected as the fields of ``Output`` models, validated with the event.
-    """
-
-    def __init__(self) -> None:
-        self.outputs: list[dict[str, Any]] = []
-        self._seen: set[str] = set()
-
-    def collect(self, output: Any) -> list[dict[str, Any]]:
-        """All outputs in ``data.output``: a list is Suno's clips, a dict any other model."""
-        if isinstance(output, list):
-            self._clips(output)
-        elif isinstance(output, dict):
-            # Each reader only runs when its key is there: an output holds a few of them.
-            if "generation" in output:
-                self._luma(output)
-            if "works" in output:
-                self._kling(output)
-            self._images(output)
-            if "model_file" in output or "combined_video" in output:
-                self._three_d(output)
-            if "text" in output:
-                self._text(output)
-            if "video" in output:
-                self._object_video(output)
-            for key, kind in GENERIC_OUTPUT_KEYS:
-                value = output.get(key)
-                if value is not None:
-                    self._any(value, kind)
-        return self.outputs
-
-    def add(
-        self,
-        kind: OutputKind | None,
-        url: Any,
-        *,
-        width: Any = None,
-        height: Any = None,
-        title: str | None = None,
-        thumbnail_url: str | None = None,
-    ) -> None:
-        """Add one URL output unless it is empty, not http(s), or already there."""
-        if not isinstance(url, str):
-            return
-        url = url.strip()
-        # Only web URLs: base64 blobs and other schemes are not something a channel can link.
-        if not url.lower().startswith(("http://", "https://")) or url in self._seen:
-            return
-        self._seen.add(url)
-        self.outputs.append(
-            {
-                "kind": kind or kind_from_url(url),
-                "url": url,
-                "expires_at": s3_expiry(url),
-                "width": _positive(width),
-                "height": _positive(height),
-                "title": title,
-                "thumbnail_url": thumbnail_url,
-            }
-        )
-
-    def _any(self, value: Any, kind: OutputKind | None) -> None:
-        """A URL string, an object holding one, or a list of either."""
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, dict):
-                self.add(kind, _first_url(item), width=item.get("width"), height=item.get("height"))
-            else:
-                self.add(kind, item)
-
-    def _clips(self, clips: list[Any]) -> None:
-        # Suno: one audio output per clip; a clip's video_url is only a visualiser of the song.
-        for clip in clips:
-            if isinstance(clip, dict):
-                self.add(
-                    "audio",
-                    get_str(clip, "audio_url"),
-                    title=get_str(clip, "title"),
-                    thumbnail_url=get_str(clip, "image_url"),
-                )
-            else:
-                self.add(None, clip)
-
-    def _luma(self, output: dict[str, Any]) -> None:
-        video = get_dict(get_dict(output, "generation"), "video")
-        if video is None:
-            return
-        self.add(
-            "video",
-            get_str(video, "url_no_watermark") or get_str(video, "url"),
-            width=video.get("width"),
-            height=video.get("height"),
-            thumbnail_url=get_str(video, "thumbnail"),
-        )
-
-    def _kling(self, output: dict[str, Any]) -> None:
-        for work in get_list(output, "works") or []:
-            cover = get_dict(work, "cover")
-            thumbnail = _first_url(cover) if cover is not None else None
-            for kind in KLING_WORK_KINDS:
-                media = get_dict(work, kind)
-                if media is not None:
-                    self.add(
-                        kind,
-                        _first_url(media),
-                        width=media.get("width"),
-                        height=media.get("height"),
-                        thumbnail_url=thumbnail if kind == "video" else None,
-                    )
-
-    def _images(self, output: dict[str, Any]) -> None:
-        # Midjourney: image_urls are the finished images, image_url the grid of them,
-        # temporary_image_urls a short-lived copy; intermediate_image_urls are progress previews
-        # and never outputs. Flux has only image_url (its image_base64 is not a URL).
-        urls = [u for u in get_list(output, "image_urls") or [] if isinstance(u, str) and u.strip()]
-        if urls:
-            self._any(urls, "image")
-        elif get_str(output, "image_url"):
-            self.add("image", get_str(output, "image_url"))
-        else:
-            self._any(get_list(output, "temporary_image_urls") or [], "image")
-
-    def _three_d(self, output: dict[str, Any]) -> None:
-        model_file = output.get("model_file")
-        if isinstance(model_file, dict):
-            model_file = _first_url(model_file)
-        self.add("model3d", model_file)
-        self.add("video", get_str(output, "combined_video"))
-
-    def _text(self, output: dict[str, Any]) -> None:
-        text = get_str(output, "text")
-        if text is not None:
-            self.outputs.append({"kind": "text", "text": text})
-
-    def _object_video(self, output: dict[str, Any]) -> None:
-        # Kling 3.0 and OmniHuman put the result in "video": a URL, or an object with one.
-        video = output.get("video")
-        self.add("video", _first_url(video) if isinstance(video, dict) else video)
-
-
-def _first_url(obj: dict[str, Any]) -> str | None:
-    for key in URL_KEYS:
-        url = get_str(obj, key)
-        if url is not None:
-            return url
-    return None
-
-
-def _positive(value: Any) -> int | None:
-    number = as_float(value)
-    if number is None or number <= 0 or not number.is_integer() or number > 1_000_000:
-        return None
-    return int(number)

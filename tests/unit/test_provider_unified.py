@@ -329,6 +329,162 @@ def test_3d_model_file_and_combined_video() -> None:
     ]
 
 
+def urls(event: TaskEvent) -> list[tuple[str, str | None]]:
+    return [(o.kind, o.url or o.text) for o in event.outputs]
+
+
+def test_kling_top_video_url_is_the_first_works_clip() -> None:
+    # PiAPI repeats the first clip's clean copy as output.video_url: never a second output,
+    # and the URL to use when the work only has its watermarked resource.
+    work = {
+        "video": {"resource": "https://k.example.com/1-wm.mp4", "resource_without_watermark": ""}
+    }
+    second = {"video": {"resource": "https://k.example.com/2-wm.mp4"}}
+    output = {"video_url": "https://s.example.com/1.mp4", "works": [work, second]}
+    assert urls(normalize(minimal(output=output))) == [
+        ("video", "https://s.example.com/1.mp4"),
+        ("video", "https://k.example.com/2-wm.mp4"),
+    ]
+    work["video"]["resource_without_watermark"] = "https://s.example.com/1-clean.mp4"
+    assert urls(normalize(minimal(output=output)))[0] == (
+        "video",
+        "https://s.example.com/1-clean.mp4",
+    )
+    assert len(normalize(minimal(output=output)).outputs) == 2
+
+
+def test_kling_works_as_a_map_and_an_audio_work() -> None:
+    # Kling Sound's result shape is not documented: an audio work is read like the others.
+    output = {"works": {"w1": {"audio": {"resource": "https://k.example.com/sound.mp3"}}}}
+    assert urls(normalize(minimal(output=output))) == [("audio", "https://k.example.com/sound.mp3")]
+
+
+def test_luma_video_raw_wins_and_video_is_the_fallback() -> None:
+    output: dict[str, Any] = {
+        "video": {"url": "https://l.example.com/wm.mp4", "width": 1152, "height": 864},
+        "video_raw": None,
+        "thumbnail": {"url": "https://l.example.com/thumb.jpg"},
+        "last_frame": "https://l.example.com/last.jpg",
+    }
+    event = normalize(minimal(output=output))
+    assert urls(event) == [
+        ("video", "https://l.example.com/wm.mp4"),
+        ("image", "https://l.example.com/last.jpg"),
+    ]
+    assert (event.outputs[0].width, event.outputs[0].thumbnail_url) == (
+        1152,
+        "https://l.example.com/thumb.jpg",
+    )
+    output["video_raw"] = {"url": "https://l.example.com/raw.mp4"}
+    assert urls(normalize(minimal(output=output)))[0] == ("video", "https://l.example.com/raw.mp4")
+
+
+def test_hailuo_download_url_is_the_same_clip_only_when_a_video() -> None:
+    output = {
+        "video_url": "https://h.example.com/v.mp4",
+        "download_url": "https://h.example.com/v-dl.mp4",
+        "cover_url": "https://h.example.com/cover.jpeg",
+    }
+    event = normalize(minimal(output=output))
+    assert urls(event) == [("video", "https://h.example.com/v.mp4")]
+    assert event.outputs[0].thumbnail_url == "https://h.example.com/cover.jpeg"
+    # A download that is not a video is a file of its own; alone, a download is the result.
+    output["download_url"] = "https://h.example.com/project.zip"
+    assert len(normalize(minimal(output=output)).outputs) == 2
+    assert urls(normalize(minimal(output={"download_url": "https://h.example.com/v.mp4"}))) == [
+        ("video", "https://h.example.com/v.mp4")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [({"percent": 37}, 37), ({"task_progress": "55"}, 55), ({"progress": 10, "percent": 90}, 10),
+     ({"percent": ""}, None)],
+)  # fmt: skip
+def test_progress_keys(output: dict[str, Any], want: int | None) -> None:
+    assert normalize(minimal(status="processing", output=output)).progress == want
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [
+        ({"description": "1\ufe0f\u20e3 a\n\n2\ufe0f\u20e3 b\n\n3\u20e3 c"}, ["a", "b", "c"]),
+        ({"description": "one plain prompt"}, ["one plain prompt"]),
+        ({"description": ["x", "y", "x", 3]}, ["x", "y"]),
+        ({"descriptions": ["p1", "p2"]}, ["p1", "p2"]),
+        ({"description": ""}, []),
+    ],
+)
+def test_midjourney_describe_variants(output: dict[str, Any], want: list[str]) -> None:
+    event = normalize(minimal(model="midjourney", task_type="describe", output=output))
+    assert [(o.kind, o.text) for o in event.outputs] == [("text", t) for t in want]
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [({"seed": 12345}, ["12345"]), ({"seed": "987"}, ["987"]), ({"seed": 0}, []),
+     ({"seed": True}, []), ({"seed": 5, "image_url": "https://m.example.com/i.png"}, [])],
+)  # fmt: skip
+def test_midjourney_seed_is_text_only_without_other_outputs(
+    output: dict[str, Any], want: list[str]
+) -> None:
+    texts = [o.text for o in normalize(minimal(output=output)).outputs if o.kind == "text"]
+    assert texts == want
+
+
+def test_clips_and_songs_read_as_list_or_map() -> None:
+    clip = {"audio_url": "https://a.example.com/c.mp3", "title": " T ", "image_url": "x:bad"}
+    song = {"song_path": "https://a.example.com/s.mp3", "image_path": "https://a.example.com/s.jpg"}
+    event = normalize(minimal(output={"clips": [clip], "songs": {"id-1": song, "id-2": None}}))
+    assert urls(event) == [
+        ("audio", "https://a.example.com/c.mp3"),
+        ("audio", "https://a.example.com/s.mp3"),
+    ]
+    # Only web URLs become thumbnails.
+    assert (event.outputs[0].title, event.outputs[0].thumbnail_url) == ("T", None)
+    assert event.outputs[1].thumbnail_url == "https://a.example.com/s.jpg"
+
+
+def test_object_video_prefers_no_watermark() -> None:
+    # OmniHuman may answer with an object (public client code reads its
+    # resource_without_watermark): one output, the clean URL.
+    video = {
+        "resource": "https://o.example.com/wm.mp4",
+        "resource_without_watermark": "https://o.example.com/c.mp4",
+    }
+    assert urls(normalize(minimal(output={"video": video}))) == [
+        ("video", "https://o.example.com/c.mp4")
+    ]
+
+
+def test_text_results_and_string_media_keys() -> None:
+    output = {
+        "title": "Calm breeze",
+        "text": "[Verse] calm",
+        "image": "https://i.example.com/a.webp",
+        "audio": "https://i.example.com/a.wav",
+        "lyrics_pairs": [{"title": "W", "text": "[Verse] w"}, {"text": ""}, "junk"],
+    }
+    event = normalize(minimal(output=output))
+    assert [(o.kind, o.url or o.text, o.title) for o in event.outputs] == [
+        ("text", "[Verse] calm", "Calm breeze"),
+        ("text", "[Verse] w", "W"),
+        ("audio", "https://i.example.com/a.wav", None),
+        ("image", "https://i.example.com/a.webp", None),
+    ]
+
+
+def test_trellis_no_background_image_and_model_file_object() -> None:
+    output = {
+        "model_file": {"url": "https://t.example.com/m.glb"},
+        "no_background_image": "https://t.example.com/nobg.png",
+    }
+    assert urls(normalize(minimal(output=output))) == [
+        ("model3d", "https://t.example.com/m.glb"),
+        ("image", "https://t.example.com/nobg.png"),
+    ]
+
+
 @pytest.mark.parametrize("output", [None, 5, "x", True, {}, []])
 def test_null_or_odd_output_gives_no_outputs(output: Any) -> None:
     event = normalize(minimal(output=output))
@@ -486,7 +642,10 @@ JSON = st.recursive(
 OUTPUT_KEYS = [
     "generation", "video", "works", "video_url", "video_urls", "image_url", "image_urls",
     "temporary_image_urls", "model_file", "combined_video", "text", "audio_url", "images",
-    "videos", "audios", "url", "download_url", "progress", "cover", "resource",
+    "videos", "audios", "url", "download_url", "progress", "cover", "resource", "clips",
+    "songs", "video_raw", "last_frame", "thumbnail", "description", "descriptions",
+    "lyrics_pairs", "seed", "cover_url", "no_background_image", "percent", "task_progress",
+    "image", "audio", "lyrics", "title", "mesh_url",
 ]  # fmt: skip
 OUTPUT = st.dictionaries(st.sampled_from(OUTPUT_KEYS), JSON, max_size=6) | st.lists(
     st.dictionaries(st.sampled_from(["audio_url", "title", "image_url"]), JSON), max_size=3
