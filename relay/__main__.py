@@ -31,7 +31,7 @@ from relay.operate import (
 from relay.providers import default_providers
 from relay.providers.checks import source_checks
 from relay.routing.loader import LoadedRules, load_rules
-from relay.settings import Settings
+from relay.settings import Settings, SettingsError
 from relay.store.base import DELIVERY_STATES
 
 if TYPE_CHECKING:
@@ -305,7 +305,12 @@ def _rename_uvicorn(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"relay: {problem}", file=sys.stderr)
+        return 2
     overrides = {
         key: getattr(args, key)
         for key in ("rules", "db", "host", "port", "dispatch")

@@ -6,8 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 
 @dataclass(frozen=True)
@@ -28,22 +30,69 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Defaults overridden by RELAY_* variables (and PORT, as platforms set it)."""
+        """Defaults overridden by RELAY_* variables (and PORT, as platforms set it). An empty
+        variable counts as unset. Raises SettingsError naming every bad variable."""
         env = os.environ if env is None else env
-        base = cls()
+        given = {name: env[name] for name in _VARIABLES if env.get(name)}
+        if "RELAY_PORT" not in given and env.get("PORT"):
+            given["RELAY_PORT"] = env["PORT"]
+        try:
+            parsed = _Environment.model_validate(given)
+        except ValidationError as exc:
+            raise SettingsError([_problem(error, given) for error in exc.errors()]) from None
+        return cls(**parsed.model_dump())
 
-        def get(name: str, default: str) -> str:
-            return env.get(name) or default
 
-        return cls(
-            rules=Path(get("RELAY_RULES", str(base.rules))),
-            db=get("RELAY_DB", base.db),
-            host=get("RELAY_HOST", base.host),
-            port=int(get("RELAY_PORT", get("PORT", str(base.port)))),
-            max_body=int(get("RELAY_MAX_BODY", str(base.max_body))),
-            max_depth=int(get("RELAY_MAX_DEPTH", str(base.max_depth))),
-            lease_seconds=float(get("RELAY_LEASE_SECONDS", str(base.lease_seconds))),
-            concurrency=int(get("RELAY_CONCURRENCY", str(base.concurrency))),
-            log_level=get("RELAY_LOG_LEVEL", base.log_level),
-            dispatch=get("RELAY_DISPATCH", "1").lower() not in ("0", "false", "no", "off"),
-        )
+class SettingsError(ValueError):
+    """Environment variables that cannot be used: one line per variable, naming it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+_DEFAULTS = Settings()
+_LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class _Environment(BaseModel):
+    """What each RELAY_* variable may hold. Strict: "abc" is no port, "verbose" no level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: Path = Field(_DEFAULTS.rules, alias="RELAY_RULES")
+    db: str = Field(_DEFAULTS.db, alias="RELAY_DB")
+    host: str = Field(_DEFAULTS.host, alias="RELAY_HOST")
+    port: int = Field(_DEFAULTS.port, alias="RELAY_PORT", ge=1, le=65535)
+    max_body: int = Field(_DEFAULTS.max_body, alias="RELAY_MAX_BODY", ge=1)
+    max_depth: int = Field(_DEFAULTS.max_depth, alias="RELAY_MAX_DEPTH", ge=1)
+    lease_seconds: float = Field(
+        _DEFAULTS.lease_seconds, alias="RELAY_LEASE_SECONDS", gt=0, allow_inf_nan=False
+    )
+    concurrency: int = Field(_DEFAULTS.concurrency, alias="RELAY_CONCURRENCY", ge=1)
+    log_level: _LogLevel = Field(cast(_LogLevel, _DEFAULTS.log_level), alias="RELAY_LOG_LEVEL")
+    dispatch: bool = Field(_DEFAULTS.dispatch, alias="RELAY_DISPATCH")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+_VARIABLES = tuple(
+    field.alias for field in _Environment.model_fields.values() if field.alias is not None
+)
+_HINTS = {
+    "int_parsing": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be 1 or 0 (true/false, yes/no, on/off)",
+    "literal_error": "must be one of debug, info, warning, error, critical",
+}
+
+
+def _problem(error: ErrorDetails, given: Mapping[str, str]) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "environment"
+    why = _HINTS.get(error["type"], error["msg"].lower())
+    # The value is shown: these variables hold no secrets (the database URL's password is
+    # never in a message, as that variable only fails to open, never to parse).
+    return f"{name}={given.get(name, '')!r}: {why}"

@@ -59,6 +59,17 @@ def test_every_option_and_argument_of_every_command_has_help() -> None:
         assert shown.code == 0 and "usage: relay " + name in shown.out
 
 
+@pytest.mark.parametrize("command", ["serve", "check", "worker", "events"])
+def test_a_bad_environment_variable_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
+    r = relay(tmp_path, command, env=base_env(RELAY_PORT="abc", RELAY_LOG_LEVEL="verbose"))
+    assert r.code == 2
+    assert r.err.splitlines() == [
+        "relay: RELAY_PORT='abc': must be a whole number",
+        "relay: RELAY_LOG_LEVEL='verbose': must be one of debug, info, warning, error, critical",
+    ]
+    assert r.out == ""
+
+
 @pytest.mark.parametrize("command", ["deliveries", "replay", "events"])
 def test_commands_that_read_no_rules_take_no_rules_option(tmp_path: Path, command: str) -> None:
     r = relay(tmp_path, command, "--rules", "rules")
