@@ -18,7 +18,8 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from relay.errors import PayloadError
-from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
+from relay.providers.apimart_outputs import read_outputs
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
@@ -26,7 +27,6 @@ from relay.providers.common import (
     get_str,
     parse_time,
     redact_in_place,
-    s3_expiry,
 )
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
@@ -52,13 +52,6 @@ STATUS_MAP: dict[str, Status] = {
 
 # Shown (and keyed on) when a callback has no usable status: it is kept as progress, not refused.
 UNKNOWN_STATUS = "unknown"
-
-# Lists of media under ``result``, each item ``{url: str | [str], expires_at: unix s}``.
-RESULT_KINDS: tuple[tuple[str, OutputKind], ...] = (
-    ("images", "image"),
-    ("videos", "video"),
-    ("audios", "audio"),
-)
 
 # Where the task id can sit: ``id`` on the task APIMart pushes, ``task_id`` on its submit answers.
 ID_KEYS: tuple[str, ...] = ("id", "task_id")
@@ -144,7 +137,6 @@ class ApimartProvider:
         # Unknown statuses are new intermediate states more often than new final ones.
         status = STATUS_MAP.get(provider_status.lower(), "processing")
 
-        result = get_dict(task, "result")
         created_at = parse_time(task.get("created"))
         finished_at = parse_time(task.get("completed"))
         try:
@@ -155,17 +147,20 @@ class ApimartProvider:
                 task_id=task_id,
                 dedupe_key=f"{task_id}:{provider_status.lower()}",
                 model=get_str(task, "model"),
+                # ``type`` (image, video, audio) on task objects, ``object`` on submit answers.
+                task_type=get_str(task, "type") or get_str(task, "object"),
                 test=False,
                 status=status,
                 provider_status=provider_status,
                 progress=_progress(task.get("progress"), status),
                 final=status in FINAL_STATUSES,
-                outputs=_outputs(result),
+                outputs=read_outputs(task, task.get("result")),
                 error=_error(task.get("error")),
                 created_at=created_at,
                 finished_at=finished_at,
                 duration_s=_duration(created_at, finished_at, task.get("actual_time")),
                 received_at=inbound.received_at,
+                usage=_usage(task),
                 # Last: it consumes the payload, every field above is read already.
                 raw=redact_in_place(payload),
             )
@@ -175,11 +170,21 @@ class ApimartProvider:
 
 
 def _task(payload: dict[str, Any]) -> dict[str, Any]:
-    """The task object: ``data`` when the body is the ``{code, data}`` wrapper, else the body."""
+    """The task object: ``data`` when the body is the ``{code, data}`` wrapper, else the body.
+
+    A submit answer wraps a list, ``{"code": 200, "data": [{"status": "submitted", "task_id"}]}``:
+    its first task is read, a creation notice rather than a malformed body.
+    """
     if _task_id(payload) is not None:
         return payload
-    data = get_dict(payload, "data")
-    return data if data is not None else payload
+    data = payload.get("data")
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, list):
+        for entry in data:
+            if isinstance(entry, dict) and _task_id(entry) is not None:
+                return entry
+    return payload
 
 
 def _task_id(task: dict[str, Any]) -> str | None:
@@ -202,56 +207,22 @@ def _answer_code(value: Any) -> int | None:
 def _progress(value: Any, status: Status) -> int | None:
     if status == "succeeded":
         return 100
+    # "45%" is read as 45: some status answers spell the percentage out.
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%")
     number = as_float(value)
     if number is None:
         return None
     return round(min(100.0, max(0.0, number)))
 
 
-def _outputs(result: dict[str, Any] | None) -> list[Output]:
-    """One output per URL in ``result.images/videos/audios``, each URL once."""
-    if result is None:
-        return []
-    thumbnail = _web_url(result.get("thumbnail_url"))
-    outputs: list[Output] = []
-    seen: set[str] = set()
-    for key, kind in RESULT_KINDS:
-        items = result.get(key)
-        # The documented shape is a list; a lone item is read rather than refused.
-        for item in items if isinstance(items, list) else [items]:
-            for url, expires in _item_urls(item):
-                if url in seen:
-                    continue
-                seen.add(url)
-                outputs.append(
-                    Output(
-                        kind=kind,
-                        url=url,
-                        # A presigned URL's own expiry is exact; APIMart's may round.
-                        expires_at=s3_expiry(url) or expires,
-                        thumbnail_url=thumbnail if kind == "video" else None,
-                    )
-                )
-    return outputs
-
-
-def _item_urls(item: Any) -> list[tuple[str, datetime | None]]:
-    """The web URLs of one result item with its ``expires_at``; ``url`` is a string or a list."""
-    if isinstance(item, dict):
-        urls = item.get("url")
-        expires = parse_time(item.get("expires_at"))
-    else:
-        urls, expires = item, None
-    found = [_web_url(u) for u in (urls if isinstance(urls, list) else [urls])]
-    return [(u, expires) for u in found if u is not None]
-
-
-def _web_url(value: Any) -> str | None:
-    # Only web URLs: anything else is not something a channel can link to.
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    return url if url.lower().startswith(("http://", "https://")) else None
+def _usage(task: dict[str, Any]) -> dict[str, Any] | None:
+    """APIMart's own billing figures: a ``usage`` object, or ``cost`` as a number or object."""
+    usage = get_dict(task, "usage") or get_dict(task, "cost")
+    if usage is not None:
+        return usage
+    cost = as_float(task.get("cost"))
+    return {"cost": cost} if cost is not None else None
 
 
 def _error(error: Any) -> TaskError | None:

@@ -17,24 +17,24 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from relay.errors import PayloadError
-from relay.events import FINAL_STATUSES, Output, Status, TaskError, TaskEvent
+from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
-    get_list,
     get_str,
-    kind_from_url,
     parse_time,
     redact_in_place,
-    s3_expiry,
 )
+from relay.providers.muapi_outputs import read_outputs
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
 
 # MuAPI documents queued, pending, processing, completed, failed and cancelled; its webhook fires
 # on completed and failed.
 STATUS_MAP: dict[str, Status] = {
+    "created": "pending",
+    "submitted": "pending",
     "queued": "pending",
     "pending": "pending",
     "processing": "processing",
@@ -116,10 +116,11 @@ class MuapiProvider:
         """
         if not isinstance(payload, dict):
             raise PayloadError("body: not a JSON object")
-        task_id = _task_id(payload)
+        prediction = _prediction(payload)
+        task_id = _task_id(prediction)
         if task_id is None:
             raise PayloadError("id: missing or not a string")
-        provider_status = get_str(payload, "status")
+        provider_status = get_str(prediction, "status")
         if provider_status is None:
             raise PayloadError("status: missing or not a string")
         # Unknown statuses are new intermediate states more often than new final ones.
@@ -131,25 +132,34 @@ class MuapiProvider:
                 provider=self.name,
                 task_id=task_id,
                 dedupe_key=f"{task_id}:{provider_status.lower()}",
-                model=get_str(payload, "model"),
+                model=get_str(prediction, "model"),
                 test=False,
                 status=status,
                 provider_status=provider_status,
-                progress=_progress(payload.get("progress"), status),
+                progress=_progress(prediction.get("progress"), status),
                 final=status in FINAL_STATUSES,
-                outputs=_outputs(payload),
-                error=_error(payload.get("error")),
-                created_at=parse_time(payload.get("created_at")),
-                duration_s=_duration(payload.get("executionTime")),
+                outputs=read_outputs(prediction),
+                error=_error(prediction.get("error")),
+                created_at=parse_time(prediction.get("created_at")),
+                duration_s=_duration(prediction.get("executionTime")),
                 received_at=inbound.received_at,
                 # MuAPI's result responses carry the wallet charge as ``cost``.
-                usage=get_dict(payload, "cost"),
+                usage=get_dict(prediction, "cost"),
                 # Last: it consumes the payload, every field above is read already.
                 raw=redact_in_place(payload),
             )
         except ValidationError as exc:
             where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
             raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+
+
+def _prediction(payload: dict[str, Any]) -> dict[str, Any]:
+    """The prediction: the body itself, or ``data`` when the body is a ``{code, data}``
+    wrapper (as sibling APIs of the same schema send) with neither id nor status of its own."""
+    data = get_dict(payload, "data")
+    if data is not None and _task_id(payload) is None and get_str(payload, "status") is None:
+        return data
+    return payload
 
 
 def _task_id(payload: dict[str, Any]) -> str | None:
@@ -167,34 +177,6 @@ def _progress(value: Any, status: Status) -> int | None:
     if number is None:
         return None
     return round(min(100.0, max(0.0, number)))
-
-
-def _outputs(payload: dict[str, Any]) -> list[Output]:
-    """One output per web URL in ``outputs``, with the NSFW flag at the same index.
-
-    The flags are zipped by position in the original lists, so a skipped junk entry never
-    shifts the flags of the URLs after it; a missing, shorter or non-boolean flag is None.
-    """
-    urls = get_list(payload, "outputs") or []
-    flags = get_list(payload, "has_nsfw_contents") or []
-    outputs: list[Output] = []
-    seen: set[str] = set()
-    for index, value in enumerate(urls):
-        url = value.strip() if isinstance(value, str) else None
-        # Only web URLs: anything else is not something a channel can link to.
-        if url is None or not url.lower().startswith(("http://", "https://")) or url in seen:
-            continue
-        seen.add(url)
-        flag = flags[index] if index < len(flags) else None
-        outputs.append(
-            Output(
-                kind=kind_from_url(url),
-                url=url,
-                expires_at=s3_expiry(url),
-                nsfw=flag if isinstance(flag, bool) else None,
-            )
-        )
-    return outputs
 
 
 def _error(error: Any) -> TaskError | None:

@@ -10,25 +10,24 @@ body as well.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
 from relay.errors import PayloadError
-from relay.events import FINAL_STATUSES, Output, OutputKind, Status, TaskError, TaskEvent
+from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     REDACTED,
     as_float,
     get_dict,
-    get_list,
     get_str,
     parse_time,
     redact_in_place,
-    s3_expiry,
 )
+from relay.providers.novita_outputs import read_outputs
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
 
@@ -40,17 +39,6 @@ STATUS_MAP: dict[str, Status] = {
     "TASK_STATUS_SUCCEED": "succeeded",
     "TASK_STATUS_FAILED": "failed",
 }
-
-# (list in the payload, key of the URL, key of its ttl, the kind): one entry per media list.
-MEDIA_LISTS: tuple[tuple[str, str, str, OutputKind], ...] = (
-    ("images", "image_url", "image_url_ttl", "image"),
-    ("videos", "video_url", "video_url_ttl", "video"),
-    ("audios", "audio_url", "audio_url_ttl", "audio"),
-)
-
-# A ttl beyond this is not a real lifetime (S3 caps presigned URLs at 7 days), and an unbounded
-# one would overflow datetime arithmetic.
-_MAX_TTL_S = 10 * 365 * 86400
 
 DEFAULT_API_URL = "https://api.novita.ai"
 
@@ -167,7 +155,7 @@ class NovitaProvider:
                 provider_status=provider_status,
                 progress=_progress(task, status),
                 final=status in FINAL_STATUSES,
-                outputs=_outputs(body, extra, inbound.received_at),
+                outputs=read_outputs(body, extra, inbound.received_at),
                 error=TaskError(message=reason) if reason is not None else None,
                 created_at=created_at,
                 started_at=parse_time(_get(debug, "execute_time_ms")),
@@ -269,56 +257,3 @@ def _duration(created_at: datetime | None, finished_at: datetime | None) -> floa
     if created_at is None or finished_at is None or finished_at < created_at:
         return None
     return round((finished_at - created_at).total_seconds(), 1)
-
-
-def _outputs(
-    body: dict[str, Any], extra: dict[str, Any] | None, received: datetime
-) -> list[Output]:
-    outputs: list[Output] = []
-    seen: set[str] = set()
-    # Some Novita APIs flag NSFW images in a list parallel to ``images`` instead of per image.
-    flags = get_list(extra, "has_nsfw_contents") or []
-    for list_key, url_key, ttl_key, kind in MEDIA_LISTS:
-        for index, item in enumerate(get_list(body, list_key) or []):
-            url = get_str(item, url_key) if isinstance(item, dict) else None
-            if url is None and isinstance(item, str):
-                url = item.strip()
-            # Only web URLs: base64 blobs and other schemes are not something a channel can link.
-            if not url or not url.lower().startswith(("http://", "https://")) or url in seen:
-                continue
-            seen.add(url)
-            nsfw = _nsfw(item)
-            if nsfw is None and kind == "image" and index < len(flags):
-                nsfw = flags[index] if isinstance(flags[index], bool) else None
-            ttl = _ttl(item.get(ttl_key)) if isinstance(item, dict) else None
-            outputs.append(
-                Output(kind=kind, url=url, expires_at=_expires_at(url, ttl, received), nsfw=nsfw)
-            )
-    return outputs
-
-
-def _nsfw(item: Any) -> bool | None:
-    """``nsfw_detection_result``: ``{valid, confidence}`` where ``valid`` says NSFW was found;
-    null when detection was off. A bare boolean is taken as it is."""
-    result = item.get("nsfw_detection_result") if isinstance(item, dict) else None
-    if isinstance(result, bool):
-        return result
-    valid = result.get("valid") if isinstance(result, dict) else None
-    return valid if isinstance(valid, bool) else None
-
-
-def _ttl(value: Any) -> float | None:
-    """A ``*_url_ttl`` in seconds (a string or a number); ``"0"``, 0 and garbage are unknown."""
-    seconds = as_float(value)
-    if seconds is None or seconds <= 0 or seconds > _MAX_TTL_S:
-        return None
-    return seconds
-
-
-def _expires_at(url: str, ttl: float | None, received: datetime) -> datetime | None:
-    # The presigned URL states when it stops working; Novita's ttl counts from some moment
-    # before it reached us, so it is only the fallback.
-    signed = s3_expiry(url)
-    if signed is not None:
-        return signed
-    return received + timedelta(seconds=ttl) if ttl is not None else None

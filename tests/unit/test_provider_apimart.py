@@ -305,7 +305,8 @@ def test_progress(progress: Any, status: str, want: int | None) -> None:
         ({"code": 200, "data": {"id": True}}, "data.id:"),
         ({"status": "completed"}, "id:"),
         ({"code": 200, "data": None}, "id:"),
-        ({"code": 200, "data": [task()]}, "id:"),
+        ({"code": 200, "data": [{"status": "submitted"}]}, "id:"),
+        ({"code": 200, "data": []}, "id:"),
         ({}, "id:"),
     ],
 )
@@ -401,6 +402,120 @@ def test_raw_is_the_whole_body_redacted() -> None:
     assert "leak-me" not in event.model_dump_json()
 
 
+# -- result families (tests/fixtures/providers/apimart/families): what the oracle cannot say ---
+
+
+def family(name: str) -> TaskEvent:
+    payload, _ = load(f"apimart/families/{name}")
+    return normalize(payload)
+
+
+def test_a_submit_answer_is_a_creation_notice_and_raw_stays_whole() -> None:
+    event = family("creation_submitted.json")
+    assert (event.status, event.final, event.dedupe_key) == (
+        "pending",
+        False,
+        "task_01KPQ7J7DWB7QZ3WCEK3YVPBRA:submitted",
+    )
+    assert event.raw["data"][0]["status"] == "submitted"
+
+
+def test_a_pending_task_names_its_media_type() -> None:
+    event = family("creation_pending_task.json")
+    assert (event.task_type, event.model, event.outputs) == ("image", "gpt-4o-image", [])
+
+
+def test_data_urls_are_never_outputs() -> None:
+    event = family("image_data_url_mixed.json")
+    assert all(o.url and o.url.startswith("https://") for o in event.outputs)
+
+
+def test_results_given_as_maps_are_read_like_lists() -> None:
+    result = {
+        "images": {
+            "0": {"url": "https://c.example/0.png"},
+            "1": {"url": "https://c.example/1.png"},
+        },
+        "videos": [{"url": {"a": "https://c.example/v.mp4"}, "expires_at": 5}],
+    }
+    event = normalize(wrapped(result=result))
+    assert [(o.kind, o.url) for o in event.outputs] == [
+        ("image", "https://c.example/0.png"),
+        ("image", "https://c.example/1.png"),
+        ("video", "https://c.example/v.mp4"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"url": "https://c.example/wm.mp4", "no_watermark_url": "https://c.example/clean.mp4"},
+        {"watermark_url": "https://c.example/wm.mp4", "url": "https://c.example/clean.mp4"},
+        {"url_no_watermark": ["https://c.example/clean.mp4"], "url": ["https://c.example/wm.mp4"]},
+    ],
+)
+def test_a_watermarked_copy_is_the_same_output_and_the_clean_one_wins(item: Any) -> None:
+    event = normalize(wrapped(result={"videos": [item]}))
+    assert [o.url for o in event.outputs] == ["https://c.example/clean.mp4"]
+
+
+def test_an_items_own_cover_and_title_go_with_it() -> None:
+    clip = {
+        "audio_url": "https://c.example/a.mp3",
+        "image_url": "https://c.example/cover.jpg",
+        "title": "Night Drive",
+    }
+    event = normalize(wrapped(result={"audios": [clip]}))
+    assert [(o.kind, o.url, o.thumbnail_url, o.title) for o in event.outputs] == [
+        ("audio", "https://c.example/a.mp3", "https://c.example/cover.jpg", "Night Drive")
+    ]
+
+
+def test_single_url_fields_are_read_only_when_no_list_has_a_file() -> None:
+    assert [o.kind for o in normalize(wrapped(result={"video_url": IMAGE})).outputs] == ["video"]
+    both = {"images": [{"url": IMAGE}], "image_url": "https://c.example/other.png"}
+    assert [o.url for o in normalize(wrapped(result=both)).outputs] == [IMAGE]
+
+
+def test_a_bare_result_list_takes_kinds_from_the_url_then_the_task_type() -> None:
+    result = ["https://c.example/a.png", "https://c.example/render?id=7", "data:x"]
+    event = normalize(wrapped(type="video", result=result))
+    assert [(o.kind, o.url) for o in event.outputs] == [
+        ("image", "https://c.example/a.png"),
+        ("video", "https://c.example/render?id=7"),
+    ]
+    untyped = normalize(wrapped(result=["https://c.example/render?id=7"]))
+    assert untyped.outputs[0].kind == "file"
+
+
+def test_text_results_are_text_outputs() -> None:
+    result = {"text": " A red fox. ", "texts": ["A red fox.", {"text": "Second take"}, 3, ""]}
+    event = normalize(wrapped(result=result))
+    assert [(o.kind, o.text, o.url) for o in event.outputs] == [
+        ("text", "A red fox.", None),
+        ("text", "Second take", None),
+    ]
+
+
+@pytest.mark.parametrize(("value", "want"), [("45%", 45), (" 12.6 % ", 13), ("%", None)])
+def test_progress_spelled_as_a_percentage(value: str, want: int | None) -> None:
+    assert normalize(wrapped(status="processing", progress=value)).progress == want
+
+
+@pytest.mark.parametrize(
+    ("fields", "want"),
+    [
+        ({"cost": 0.12}, {"cost": 0.12}),
+        ({"cost": {"amount": 0.12}}, {"amount": 0.12}),
+        ({"usage": {"credits": 3}, "cost": 1}, {"credits": 3}),
+        ({"cost": "free"}, None),
+        ({}, None),
+    ],
+)
+def test_usage_is_apimarts_own_billing(fields: dict[str, Any], want: Any) -> None:
+    assert normalize(wrapped(**fields)).usage == want
+
+
 # -- property: any JSON gives an event or our payload error, nothing else ---------------------
 
 JSON = st.recursive(
@@ -410,13 +525,30 @@ JSON = st.recursive(
     ),
     max_leaves=20,
 )
-URLS = st.sampled_from([IMAGE, "https://c.example/v.mp4", "", "ftp://x"]) | JSON
+URLS = st.sampled_from([IMAGE, "https://c.example/v.mp4", "", "ftp://x", "data:x"]) | JSON
 ITEM = st.fixed_dictionaries(
-    {}, optional={"url": URLS | st.lists(URLS, max_size=3), "expires_at": JSON | st.integers()}
+    {},
+    optional={
+        key: URLS | st.lists(URLS, max_size=3) | st.dictionaries(st.text(max_size=3), URLS)
+        for key in ("url", "no_watermark_url", "watermark_url", "audio_url", "image_url")
+    }
+    | {"expires_at": JSON | st.integers(), "title": JSON, "cover_url": URLS},
 )
 RESULT = st.dictionaries(
-    st.sampled_from(["images", "videos", "audios", "thumbnail_url"]),
-    st.lists(ITEM | JSON, max_size=3) | JSON,
+    st.sampled_from(
+        [
+            "images",
+            "videos",
+            "audios",
+            "image",
+            "video_url",
+            "url",
+            "thumbnail_url",
+            "text",
+            "texts",
+        ]
+    ),
+    st.lists(ITEM | JSON, max_size=3) | st.dictionaries(st.text(max_size=3), ITEM) | JSON,
     max_size=4,
 )
 TASK = st.fixed_dictionaries(
@@ -432,9 +564,17 @@ TASK = st.fixed_dictionaries(
         "completed": st.integers() | JSON,
         "actual_time": JSON,
         "model": JSON,
+        "type": st.sampled_from(["image", "video", "audio"]) | JSON,
+        "object": JSON,
+        "cost": JSON,
+        "usage": JSON,
     },
 )
-PAYLOADS = JSON | TASK | st.fixed_dictionaries({"code": JSON, "data": TASK | JSON})
+PAYLOADS = (
+    JSON
+    | TASK
+    | st.fixed_dictionaries({"code": JSON, "data": TASK | st.lists(TASK | JSON, max_size=2) | JSON})
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

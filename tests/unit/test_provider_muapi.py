@@ -196,7 +196,7 @@ def test_skipped_junk_outputs_do_not_shift_the_flags() -> None:
     ]
 
 
-@pytest.mark.parametrize("outputs", [None, "https://c.example/1.png", {}, 5, [1, {}, []]])
+@pytest.mark.parametrize("outputs", [None, "", {}, 5, [1, {}, []], ["data:x", "/tmp/a.png"]])
 def test_odd_outputs_give_none(outputs: Any) -> None:
     assert normalize(body(outputs=outputs)).outputs == []
 
@@ -310,6 +310,126 @@ def test_odd_optional_fields_are_ignored() -> None:
     assert (event.model, event.created_at, event.usage) == (None, None, None)
 
 
+# -- result families (tests/fixtures/providers/muapi/families): what the oracle cannot say -----
+
+
+def family(name: str) -> TaskEvent:
+    payload, _ = load(f"muapi/families/{name}")
+    return normalize(payload)
+
+
+def test_family_nsfw_flags_stay_with_their_images() -> None:
+    assert [o.nsfw for o in family("image_four_with_nsfw.json").outputs] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_an_llm_answer_is_one_text_output_kept_as_sent() -> None:
+    (output,) = family("text_llm.json").outputs
+    assert (output.kind, output.url) == ("text", None)
+    assert output.text is not None and output.text.startswith("```json")
+
+
+def test_the_submit_answer_is_a_progress_event_with_its_cost() -> None:
+    event = family("submit_processing.json")
+    assert (event.status, event.final, event.usage) == (
+        "processing",
+        False,
+        {"amount_usd": 0.35, "amount_credits": 70, "bonus_credits_used": 0, "refunded": False},
+    )
+
+
+def test_a_lone_url_and_a_map_of_urls_are_read() -> None:
+    assert [o.url for o in normalize(body(outputs="https://c.example/1.png")).outputs] == [
+        "https://c.example/1.png"
+    ]
+    mapped = {"video": "https://c.example/v.mp4", "cover": "https://c.example/c.jpg"}
+    assert [(o.kind, o.url) for o in normalize(body(outputs=mapped)).outputs] == [
+        ("video", "https://c.example/v.mp4"),
+        ("image", "https://c.example/c.jpg"),
+    ]
+
+
+def test_object_entries_give_their_url_type_and_text() -> None:
+    outputs = [
+        {"url": "https://c.example/render?id=1", "type": "video/mp4"},
+        {"url": "https://c.example/m", "content_type": "model/gltf-binary"},
+        {"glb_url": "https://c.example/mesh"},
+        {"text": "a caption"},
+        {"url": "https://c.example/wm.mp4", "no_watermark_url": "https://c.example/clean.mp4"},
+        {"nothing": "here"},
+    ]
+    event = normalize(body(outputs=outputs))
+    assert [(o.kind, o.url or o.text) for o in event.outputs] == [
+        ("video", "https://c.example/render?id=1"),
+        ("model3d", "https://c.example/m"),
+        ("model3d", "https://c.example/mesh"),
+        ("text", "a caption"),
+        ("video", "https://c.example/clean.mp4"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [
+        ("tripo3d-p1-image-to-3d", "model3d"),
+        ("meshy-6-text-to-3d", "model3d"),
+        ("kling-v2.6-pro-t2v", "video"),
+        ("minimax-hailuo-02-pro-i2v", "video"),
+        ("mmaudio-v2/video-to-video", "video"),
+        ("mmaudio-v2/video-to-audio", "audio"),
+        ("suno-create-music", "audio"),
+        ("minimax-speech-2.6-hd", "audio"),
+        ("wan2.5-text-to-image", "image"),
+        ("ai-background-remover", "image"),
+        ("flux-dev", "image"),
+        ("something-new", "file"),
+    ],
+)
+def test_a_url_without_extension_takes_its_kind_from_the_model(model: str, kind: str) -> None:
+    event = normalize(body(model=model, outputs=["https://cdn.muapi.ai/o/3f9a", "https://c/x.png"]))
+    assert [o.kind for o in event.outputs] == [kind, "image"]
+
+
+def test_output_is_read_when_outputs_has_nothing() -> None:
+    event = normalize(body(outputs=[], output={"text": "  words  "}))
+    assert [(o.kind, o.text) for o in event.outputs] == [("text", "words")]
+    both = body(outputs=["https://c.example/1.png"], output="https://c.example/2.png")
+    assert [o.url for o in normalize(both).outputs] == ["https://c.example/1.png"]
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ('{"a":1,"b":"c/d"}', [("text", '{"a":1,"b":"c/d"}')]),
+        ("Yes", [("text", "Yes")]),
+        ("outputs/a.png", []),
+        ("a.mp4", []),
+        ("blob:https://x", []),
+        ("   ", []),
+    ],
+)
+def test_words_are_text_and_paths_or_other_schemes_are_nothing(value: str, want: Any) -> None:
+    event = normalize(body(outputs=[value, value]))
+    assert [(o.kind, o.text) for o in event.outputs] == want
+
+
+def test_a_wrapped_callback_is_read_and_raw_stays_whole() -> None:
+    payload = {"code": 200, "message": "success", "data": body(outputs=["https://c/1.mp4"])}
+    event = normalize(payload)
+    assert (event.task_id, event.status, event.outputs[0].kind) == ("req-1", "succeeded", "video")
+    assert event.raw["code"] == 200
+
+
+@pytest.mark.parametrize("raw", ["created", "submitted"])
+def test_creation_statuses_are_pending(raw: str) -> None:
+    event = normalize(body(status=raw, outputs=None))
+    assert (event.status, event.final, event.outputs) == ("pending", False, [])
+
+
 # -- property: any JSON gives an event or our payload error, nothing else ---------------------
 
 JSON = st.recursive(
@@ -319,20 +439,35 @@ JSON = st.recursive(
     ),
     max_leaves=20,
 )
-URLS = st.sampled_from(["https://c.example/a.png", "https://c.example/b.mp4", "", "x"]) | JSON
+URLS = (
+    st.sampled_from(["https://c.example/a.png", "https://c.example/b.mp4", "", "x", "a/b.png"])
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "url": st.sampled_from(["https://c.example/c", "data:x"]) | JSON,
+            "type": st.sampled_from(["video/mp4", "3d"]) | JSON,
+            "text": JSON,
+            "nsfw": JSON,
+            "no_watermark_url": JSON,
+        },
+    )
+    | JSON
+)
 PAYLOADS = JSON | st.fixed_dictionaries(
     {},
     optional={
         "id": st.text(max_size=10) | JSON,
         "request_id": st.text(max_size=10) | JSON,
         "status": st.sampled_from(["completed", "failed", "processing", "Weird"]) | JSON,
-        "outputs": st.lists(URLS, max_size=4) | JSON,
+        "outputs": st.lists(URLS, max_size=4) | st.dictionaries(st.text(max_size=4), URLS) | JSON,
+        "output": URLS | st.lists(URLS, max_size=2),
+        "data": JSON,
         "has_nsfw_contents": st.lists(st.booleans() | JSON, max_size=4) | JSON,
         "error": JSON,
         "executionTime": st.floats() | JSON,
         "created_at": st.text(max_size=30) | st.integers() | JSON,
         "progress": JSON,
-        "model": JSON,
+        "model": st.sampled_from(["tripo3d-p1-image-to-3d", "suno-create-music"]) | JSON,
         "cost": JSON,
     },
 )

@@ -439,6 +439,89 @@ def test_odd_debug_info_is_ignored(debug: Any) -> None:
     assert (event.created_at, event.finished_at, event.duration_s) == (None, None, None)
 
 
+# -- result families (tests/fixtures/providers/novita/families): what the oracle cannot say ----
+
+
+def family(name: str) -> TaskEvent:
+    return normalize(fixture(f"novita/families/{name}"))
+
+
+def test_tts_audio_keeps_its_spoken_text_and_is_one_output() -> None:
+    (output,) = family("audio_tts_metadata.json").outputs
+    assert (output.kind, output.text) == ("audio", "To be or not to be, that is a question.")
+
+
+def test_family_nsfw_results_stay_with_their_images() -> None:
+    assert [o.nsfw for o in family("image_two_nsfw_int_ttl.json").outputs] == [False, True]
+
+
+def test_family_video_timings_come_from_debug_info() -> None:
+    event = family("video_presigned.json")
+    assert event.started_at == datetime(2025, 9, 14, 11, 28, 32, 500000, tzinfo=UTC)
+    assert event.duration_s == 92.3
+
+
+def test_a_result_with_only_its_task_has_no_outputs() -> None:
+    event = family("failed_task_only.json")
+    assert (event.status, event.outputs, event.test, event.created_at) == (
+        "failed",
+        [],
+        False,
+        None,
+    )
+
+
+def test_media_given_as_maps_or_lone_items_are_read() -> None:
+    images = {"0": {"image_url": "https://c.example/0.png"}, "1": "https://c.example/1.png"}
+    videos = {"video_url": "https://c.example/v.mp4", "video_url_ttl": "60"}
+    event = normalize(minimal(images=images, videos=videos, audios=None))
+    assert [(o.kind, o.url) for o in event.outputs] == [
+        ("image", "https://c.example/0.png"),
+        ("image", "https://c.example/1.png"),
+        ("video", "https://c.example/v.mp4"),
+    ]
+    assert event.outputs[2].expires_at == NOW + timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {
+            "video_url": "https://c.example/wm.mp4",
+            "no_watermark_url": "https://c.example/clean.mp4",
+        },
+        {
+            "video_url_watermark": "https://c.example/wm.mp4",
+            "video_url": "https://c.example/clean.mp4",
+        },
+        {"url": "https://c.example/clean.mp4", "watermark_url": "https://c.example/wm.mp4"},
+    ],
+)
+def test_a_watermarked_copy_is_the_same_output_and_the_clean_one_wins(item: Any) -> None:
+    assert [o.url for o in normalize(minimal(videos=[item])).outputs] == [
+        "https://c.example/clean.mp4"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "want"),
+    [
+        ([{"text": "One."}, {"text": "Two."}, {"start_time": 3}], "One. Two."),
+        ({"text": "  "}, None),
+        ("just text", None),
+        (None, None),
+    ],
+)
+def test_audio_metadata_text(metadata: Any, want: str | None) -> None:
+    audio = {"audio_url": "https://c.example/a.mp3", "audio_metadata": metadata}
+    assert normalize(minimal(audios=[audio])).outputs[0].text == want
+
+
+def test_spoken_text_is_only_read_for_audio() -> None:
+    image = {"image_url": "https://c.example/1.png", "audio_metadata": {"text": "no"}}
+    assert normalize(minimal(images=[image])).outputs[0].text is None
+
+
 # -- property: any JSON gives an event, Ignored, or our payload error, nothing else ----------
 
 JSON = st.recursive(
@@ -457,13 +540,19 @@ def media(url_key: str, ttl_key: str) -> st.SearchStrategy[Any]:
         {},
         optional={
             url_key: URL,
+            "url": URL,
+            "no_watermark_url": URL,
+            f"{url_key}_watermark": URL,
+            "audio_metadata": st.fixed_dictionaries({}, optional={"text": JSON})
+            | st.lists(st.fixed_dictionaries({}, optional={"text": JSON}), max_size=2)
+            | JSON,
             ttl_key: TTL,
             "nsfw_detection_result": st.none()
             | st.fixed_dictionaries({}, optional={"valid": JSON, "confidence": JSON})
             | JSON,
         },
     )
-    return st.lists(item | JSON, max_size=3) | JSON
+    return st.lists(item | JSON, max_size=3) | st.dictionaries(st.text(max_size=3), item) | JSON
 
 
 TASK = st.fixed_dictionaries(
