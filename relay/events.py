@@ -1,4 +1,4 @@
-"""The normalized task event (DESIGN section 3): one model for every provider."""
+"""The normalized task event (README: Webhook deliveries shows it): one model for every provider."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class TaskEvent(BaseModel):
     raw: Any = None
 
     def labels(self) -> dict[str, tuple[str, ...]]:
-        """Routing labels (DESIGN section 4). ``output_kind`` has one value per distinct kind."""
+        """Routing labels (README: Rules). ``output_kind`` has one value per distinct kind."""
         kinds = tuple(dict.fromkeys(o.kind for o in self.outputs))
         return {
             "source": (self.source,),

@@ -2,8 +2,8 @@
 
 Every provider callback comes through here, so it skips the framework's per-request layers
 (request objects, route matching, middleware wrappers): measured under load, they cost about
-as much as relay's own work. It maps errors to status codes exactly as DESIGN section 7 says
-and never lets an exception reach the client as a traceback.
+as much as relay's own work. It maps errors to status codes exactly as the README's "Answers
+to providers" says, and never lets an exception reach the client as a traceback.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""APIMart: unsigned task callbacks (DESIGN section 2).
+"""APIMart: unsigned task callbacks (README: Providers).
 
 APIMart POSTs to the ``webhook`` base URL we gave it plus ``/callback``, with the same body its
 ``GET /v1/tasks/{id}`` answers: ``{"code": 200, "data": <task>}``, or the bare task. Nothing is

@@ -1,4 +1,4 @@
-"""Reading the outputs of an APIMart task's ``result`` (DESIGN section 2).
+"""Reading the outputs of an APIMart task's ``result`` (README: Providers).
 
 APIMart documents ``result.images[]``, ``result.videos[]`` and ``result.audios[]``, each item
 ``{url, expires_at}`` where ``url`` is a list or a string. Everything here is total over any

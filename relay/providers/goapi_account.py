@@ -1,4 +1,4 @@
-"""GoAPI account notifications: the dashboard's own webhook (DESIGN section 2).
+"""GoAPI account notifications: the dashboard's own webhook (README: Providers).
 
 Not a task callback: GoAPI posts ``{"type", "time", "message", "detail"}`` when something about
 the account needs a human (the quota exchange failed, a Midjourney bot was banned, a penalty was

@@ -1,4 +1,4 @@
-"""MuAPI: unsigned prediction callbacks (DESIGN section 2).
+"""MuAPI: unsigned prediction callbacks (README: Providers).
 
 MuAPI POSTs to the URL given as ``?webhook=`` on its submit call. Our URL sits inside MuAPI's own
 query string, so the token comes either as a path segment (URL-encoded inside ``webhook=``) or as

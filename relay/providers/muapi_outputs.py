@@ -1,4 +1,4 @@
-"""Reading the outputs of a MuAPI prediction (DESIGN section 2).
+"""Reading the outputs of a MuAPI prediction (README: Providers).
 
 MuAPI documents ``outputs`` as a list of plain URLs with no media kind and ``has_nsfw_contents``
 as booleans parallel to it. The kind comes from the URL's extension, and from the model or

@@ -1,4 +1,4 @@
-"""Novita: the ``ASYNC_TASK_RESULT`` webhook of its asynchronous V3 APIs (DESIGN section 2).
+"""Novita: the ``ASYNC_TASK_RESULT`` webhook of its asynchronous V3 APIs (README: Providers).
 
 The body is ``{"event_type": ..., "payload": <the Task Result API's answer>}`` where the payload
 holds ``task`` (id, status, reason, type, progress), ``extra`` (echoing our request's

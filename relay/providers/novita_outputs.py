@@ -1,4 +1,4 @@
-"""Reading the outputs of a Novita task result (DESIGN section 2).
+"""Reading the outputs of a Novita task result (README: Providers).
 
 The Task Result API (and so the webhook's ``payload``) lists ``images[]`` (``image_url``,
 ``image_url_ttl``, ``image_type``, ``nsfw_detection_result``), ``videos[]`` (``video_url``,

@@ -1,4 +1,4 @@
-"""Standard Webhooks senders, above all another relay (DESIGN section 2, the ``standard`` row).
+"""Standard Webhooks senders, above all another relay (README: Providers, "Another relay").
 
 This is how relays chain: relay A's webhook destination points at relay B's ``standard`` source,
 with the same ``whsec_`` secret on both sides. The request carries ``webhook-id``,

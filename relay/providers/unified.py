@@ -1,4 +1,4 @@
-"""GoAPI and PiAPI: one "unified" task schema (DESIGN section 2).
+"""GoAPI and PiAPI: one "unified" task schema (README: Providers).
 
 The callback body is ``{"timestamp": <unix s>, "data": <the task>}``; the header
 ``x-webhook-secret`` carries our shared secret in clear. ``data.output`` has a different shape per

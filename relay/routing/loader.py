@@ -1,4 +1,4 @@
-"""The strict rules loader (DESIGN section 4): read every rules file, report every problem at once.
+"""The strict rules loader (README: Rules): read every rules file, report every problem at once.
 
 Each problem reads ``<file>: <key.path>: <message>`` and never contains a secret's value.
 """

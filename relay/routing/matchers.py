@@ -1,4 +1,4 @@
-"""Alertmanager-style label matchers: ``=``, ``!=``, ``=~`` and ``!~`` (DESIGN section 4).
+"""Alertmanager-style label matchers: ``=``, ``!=``, ``=~`` and ``!~`` (README: Rules).
 
 Ops already know this syntax from Alertmanager, so we keep its quirks where they help: regexes
 are anchored at both ends, values may be quoted or not, and a backslash before anything other

@@ -1,4 +1,4 @@
-"""The validated rules (DESIGN section 4). Built only by ``relay.routing.loader``.
+"""The validated rules (README: Rules). Built only by ``relay.routing.loader``.
 
 Every model forbids unknown keys so a typo is an error that names the key, not a silent default.
 """

@@ -1,4 +1,4 @@
-"""Decide where an event goes by walking the routes in order (DESIGN section 4).
+"""Decide where an event goes by walking the routes in order (README: Rules).
 
 Runs on every request, so it only reads the already-validated rules and compiled matchers.
 """

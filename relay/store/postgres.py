@@ -1,4 +1,4 @@
-"""The PostgreSQL store: several relay replicas on one database (DESIGN section 6).
+"""The PostgreSQL store: several relay replicas on one database (README: Storage and deployment).
 
 Driver: psycopg 3 in async mode with psycopg_pool, rather than asyncpg. Both are async with
 binary wheels. psycopg ships its type annotations, so this module is checked by mypy --strict

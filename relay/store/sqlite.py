@@ -1,4 +1,4 @@
-"""The SQLite store: one file in WAL mode, the default backend (DESIGN section 6).
+"""The SQLite store: one file in WAL mode, the default backend (README: Storage and deployment).
 
 sqlite3 blocks, so one dedicated worker thread owns the one connection and runs every
 statement; the event loop only awaits futures. One thread also means one writer in this
