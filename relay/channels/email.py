@@ -26,6 +26,7 @@ from relay.errors import (
 )
 from relay.render.mail import mail_content
 from relay.routing.model import EmailDestination
+from relay.store.base import MailThread, RecipientOutcomes
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -81,31 +82,49 @@ class EmailChannel:
     async def send(self, delivery: Delivery) -> None:
         event = delivery.event
         state = self._deps.state
-        thread_key = f"thread:{event.source}/{event.task_id}"
-        outcome_key = f"delivery:{delivery.id}"
-        thread = await state.get_state(self.name, thread_key)
-        done = await state.get_state(self.name, outcome_key) or {}
-        accepted: list[str] = list(done.get("accepted", []))
+        thread_key = MailThread.key(event)
+        outcome_key = RecipientOutcomes.key(delivery.id)
+        # A thread row of another shape reads as None: this mail starts a new thread (and
+        # becomes its root), the most such a row can cost.
+        thread = MailThread.from_json(await state.get_state(self.name, thread_key))
+        done = await self._outcomes(outcome_key)
+        accepted = list(done.accepted)
         # Attempt 1 is a first try or a replay (`relay replay` resets the count): recipients
         # refused before get another chance then; the ones that got the mail still do not.
-        refused: dict[str, str] = {} if delivery.attempt == 1 else dict(done.get("refused", {}))
+        refused: dict[str, str] = {} if delivery.attempt == 1 else dict(done.refused)
         waiting = [r for r in self._config.to if r not in accepted and r not in refused]
         if waiting:
-            root = thread["message_id"] if thread else None
+            root = thread.message_id if thread else None
             message = self.build(delivery, root)
             later = await self._mail(message, waiting, refused)
             accepted += [r for r in waiting if r not in later and r not in refused]
-            await state.put_state(
-                self.name, outcome_key, {"accepted": accepted, "refused": refused}, self._now()
-            )
+            outcomes = RecipientOutcomes(tuple(accepted), refused)
+            await state.put_state(self.name, outcome_key, outcomes.to_json(), self._now())
             if thread is None and accepted:
                 # The first mail anyone got is the root every later mail of the task replies to.
-                root_id = message["Message-ID"]
-                await state.put_state(self.name, thread_key, {"message_id": root_id}, self._now())
+                root_thread = MailThread(str(message["Message-ID"]))
+                await state.put_state(self.name, thread_key, root_thread.to_json(), self._now())
             if later:
                 raise TransientDeliveryError(_summary(accepted, refused, later))
         if refused:
             raise PermanentDeliveryError(_summary(accepted, refused, {}))
+
+    async def _outcomes(self, key: str) -> RecipientOutcomes:
+        """What became of this delivery's recipients so far; none served if nothing is kept.
+
+        A row that is there but unreadable fails the delivery for good instead: who got the
+        mail is unknown, and mailing everyone again could mail some twice. The dead delivery
+        names the row; deleting it from ``channel_state`` lets ``relay replay`` mail everyone."""
+        raw = await self._deps.state.get_state(self.name, key)
+        if raw is None:
+            return RecipientOutcomes()
+        outcomes = RecipientOutcomes.from_json(raw)
+        if outcomes is None:
+            raise PermanentDeliveryError(
+                f"smtp: unreadable recipient outcomes in channel state {self.name}/{key}: "
+                "not sent, so no recipient gets the mail twice"
+            )
+        return outcomes
 
     async def _mail(
         self, message: EmailMessage, recipients: list[str], refused: dict[str, str]

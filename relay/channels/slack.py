@@ -10,6 +10,7 @@ back to the dispatcher, which schedules the next attempt from its ``Retry-After`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -29,6 +30,7 @@ from relay.errors import (
 from relay.events import TaskEvent
 from relay.render.slack import SlackMessage, slack_message, slack_thread_reply
 from relay.routing.model import SlackDestination
+from relay.store.base import SlackMessageRef
 
 # Web API errors worth another try (Slack's own words for "not now"); every other
 # ``ok: false`` answer (channel_not_found, invalid_auth, invalid_blocks, ...) is permanent.
@@ -46,7 +48,7 @@ TRANSIENT_ERRORS = frozenset(
 
 def message_key(event: TaskEvent) -> str:
     """Where a task's message reference is kept (per destination)."""
-    return f"task:{event.source}/{event.task_id}"
+    return SlackMessageRef.key(event)
 
 
 class SlackChannel:
@@ -112,28 +114,30 @@ class SlackChannel:
     async def _send_api(self, web: AsyncWebClient, event: TaskEvent) -> None:
         state = self._deps.state
         key = message_key(event)
-        ref = await state.get_state(self.name, key)
-        if ref is not None and ref.get("final") and not event.final:
+        # A row that is not a reference reads as None: a new message is posted, which is
+        # the most a stray row can cost (no edit of a message we cannot name).
+        ref = SlackMessageRef.from_json(await state.get_state(self.name, key))
+        if ref is not None and ref.final and not event.final:
             # A late progress event must not turn a finished message back into "running".
             return
-        if ref is None or ref.get("event_id") != event.id:
+        if ref is None or ref.event_id != event.id:
             # (An earlier attempt of this delivery that got as far as the message but not the
             # thread reply skips straight to the reply: pacing must not loop on the edit.)
             ref = await self._show(web, event, ref)
-            await state.put_state(self.name, key, ref, self._deps.clock())
+            await state.put_state(self.name, key, ref.to_json(), self._deps.clock())
         if self._config.thread_replies:
             await self._reply(web, event, ref, key)
 
     async def _show(
-        self, web: AsyncWebClient, event: TaskEvent, ref: dict[str, Any] | None
-    ) -> dict[str, Any]:
+        self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef | None
+    ) -> SlackMessageRef:
         """Edit the task's message to show ``event``, or post it; the new reference."""
         message = slack_message(event)
         await self._turn()
         if ref is not None:
             try:
                 await web.chat_update(
-                    channel=ref["channel"], ts=ref["ts"], text=message.text, blocks=message.blocks
+                    channel=ref.channel, ts=ref.ts, text=message.text, blocks=message.blocks
                 )
             except SlackApiError as exc:
                 if exc.response.get("error") != "message_not_found":
@@ -147,27 +151,27 @@ class SlackChannel:
                 unfurl_links=False,
                 unfurl_media=False,
             )
-            ref = {"channel": answer["channel"], "ts": answer["ts"]}
-        return {**ref, "final": event.final, "event_id": event.id}
+            ref = SlackMessageRef(channel=str(answer["channel"]), ts=str(answer["ts"]))
+        return dataclasses.replace(ref, final=event.final, event_id=event.id)
 
     async def _reply(
-        self, web: AsyncWebClient, event: TaskEvent, ref: dict[str, Any], key: str
+        self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef, key: str
     ) -> None:
         """The failure's details as a reply in the message's thread, once per event."""
         reply = slack_thread_reply(event)
-        if reply is None or ref.get("replied") == event.id:
+        if reply is None or ref.replied == event.id:
             return
         await self._turn()
         await web.chat_postMessage(
-            channel=ref["channel"],
-            thread_ts=ref["ts"],
+            channel=ref.channel,
+            thread_ts=ref.ts,
             text=reply.text,
             blocks=reply.blocks,
             unfurl_links=False,
             unfurl_media=False,
         )
-        ref["replied"] = event.id
-        await self._deps.state.put_state(self.name, key, ref, self._deps.clock())
+        replied = dataclasses.replace(ref, replied=event.id)
+        await self._deps.state.put_state(self.name, key, replied.to_json(), self._deps.clock())
 
     async def _send_webhook(self, hook: AsyncWebhookClient, event: TaskEvent) -> None:
         message: SlackMessage = slack_message(event)

@@ -6,9 +6,9 @@ The store only persists: it never sends and never decides retries. Times are uni
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Self
 
 from relay.events import TaskEvent
 
@@ -123,9 +123,122 @@ class QuarantinedCallback:
     updated_at: float = 0.0
 
 
+# Channel state records: what channels keep under ``ChannelState``, one type per shape. The
+# stores persist them as opaque JSON, possibly for a long time and across upgrades, so the
+# field names are a format: they never change, and reading is total (a row of another shape
+# reads as None, never raises), leaving each channel to decide what such a row means.
+
+
+@dataclass(frozen=True)
+class SlackMessageRef:
+    """The Slack message that shows a task: where it is, and what it shows.
+
+    ``final``: it shows a final event (a late progress event must not edit it back).
+    ``event_id``: the event it shows. ``replied``: the event whose thread reply was posted.
+    """
+
+    channel: str
+    ts: str
+    final: bool = False
+    event_id: str | None = None
+    replied: str | None = None
+
+    @staticmethod
+    def key(event: TaskEvent) -> str:
+        """Where a task's message reference is kept (per destination)."""
+        return f"task:{event.source}/{event.task_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "channel": self.channel,
+            "ts": self.ts,
+            "final": self.final,
+            "event_id": self.event_id,
+        }
+        if self.replied is not None:
+            value["replied"] = self.replied
+        return value
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> Self | None:
+        """The reference in ``value``, or None if there is none or it is not one. Only
+        ``channel`` and ``ts`` are required (the others were always read with defaults)."""
+        if not isinstance(value, dict):
+            return None
+        channel, ts = value.get("channel"), value.get("ts")
+        final = value.get("final", False)
+        event_id, replied = value.get("event_id"), value.get("replied")
+        if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(final, bool)):
+            return None
+        if not (_str_or_none(event_id) and _str_or_none(replied)):
+            return None
+        return cls(channel, ts, final, event_id, replied)
+
+
+@dataclass(frozen=True)
+class MailThread:
+    """The Message-ID of a task's first mail, which every later mail of the task replies to."""
+
+    message_id: str
+
+    @staticmethod
+    def key(event: TaskEvent) -> str:
+        return f"thread:{event.source}/{event.task_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message_id": self.message_id}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> Self | None:
+        """The thread in ``value``, or None if there is none or it is not one."""
+        if not isinstance(value, dict) or not isinstance(value.get("message_id"), str):
+            return None
+        return cls(value["message_id"])
+
+
+@dataclass(frozen=True)
+class RecipientOutcomes:
+    """Per recipient, what became of one mail delivery so far: the recipients the server took
+    (in order), and those it refused for good, with its answer."""
+
+    accepted: tuple[str, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def key(delivery_id: str) -> str:
+        return f"delivery:{delivery_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": list(self.accepted), "refused": dict(self.refused)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> Self | None:
+        """The outcomes in ``value``, or None if there are none or it is not a row of them.
+
+        Both keys are required (every writer wrote both): a row without them may be a shape
+        we do not know, and reading it as "no one served" could mail recipients twice.
+        """
+        if not isinstance(value, dict):
+            return None
+        accepted, refused = value.get("accepted"), value.get("refused")
+        if not isinstance(accepted, list) or not all(isinstance(a, str) for a in accepted):
+            return None
+        if not isinstance(refused, dict) or not all(
+            isinstance(r, str) and isinstance(why, str) for r, why in refused.items()
+        ):
+            return None
+        return cls(tuple(accepted), dict(refused))
+
+
+def _str_or_none(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
 class ChannelState(Protocol):
     """What channels keep between attempts and across processes: message references (a Slack
-    message's ts, the first mail's Message-ID), per-recipient outcomes and pacing slots."""
+    message's ts, the first mail's Message-ID), per-recipient outcomes and pacing slots.
+    The records put here are the typed shapes above (``SlackMessageRef``, ``MailThread``,
+    ``RecipientOutcomes``), as their ``to_json()``."""
 
     async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
         """The JSON object last put under (destination, key), or None."""
