@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import aiohttp
 import httpx
@@ -23,6 +24,7 @@ from relay.dispatcher import Dispatcher
 from relay.providers import default_providers
 from relay.providers.base import Provider
 from relay.receiver import Receiver
+from relay.render.names import ProviderInfo, ProviderNames
 from relay.rulebook import RuleBook
 from relay.settings import Settings
 from relay.store import open_store
@@ -42,6 +44,21 @@ class Runtime:
     dispatcher: Dispatcher | None
     http: aiohttp.ClientSession
     clock: Callable[[], float]
+
+
+def provider_names(providers: Mapping[str, Provider]) -> ProviderNames:
+    """What the renderers know about ``providers`` (the registry, by the name events carry):
+    each one's declared display name and alert phrasing, copied so render imports no provider."""
+    return ProviderNames(
+        {
+            name: ProviderInfo(
+                display_name=provider.display_name,
+                alerts=provider.alerts,
+                alert_phrases=MappingProxyType(dict(provider.alert_phrases)),
+            )
+            for name, provider in providers.items()
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -79,11 +96,12 @@ async def build_runtime(
         lookups = await stack.enter_async_context(
             httpx.AsyncClient(headers={"user-agent": f"relay/{__version__}"})
         )
+        registry = providers if providers is not None else default_providers()
         rulebook = RuleBook(
             settings.rules,
-            providers if providers is not None else default_providers(),
+            registry,
             channel_types if channel_types is not None else default_channel_types(),
-            ChannelDeps(http=http, clock=clock, state=the_store),
+            ChannelDeps(http=http, clock=clock, state=the_store, names=provider_names(registry)),
             env=env,
         )
         # After the rules: broken rules are reported without touching (or creating) a database.

@@ -15,6 +15,7 @@ import aiohttp
 
 from relay.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from relay.events import TaskEvent
+from relay.render.names import ProviderNames
 from relay.store.base import ChannelState
 
 
@@ -38,12 +39,14 @@ class Channel(Protocol):
 
 @dataclass(frozen=True)
 class ChannelDeps:
-    """What the app hands every channel: one shared HTTP session, the clock, and the store's
-    channel state (message references, per-recipient outcomes, pacing slots)."""
+    """What the app hands every channel: one shared HTTP session, the clock, the store's
+    channel state (message references, per-recipient outcomes, pacing slots) and what each
+    provider is called (for the renderers, which import no provider; built in ``runtime``)."""
 
     http: aiohttp.ClientSession
     clock: Callable[[], float]
     state: ChannelState
+    names: ProviderNames
 
 
 # Statuses worth retrying: the receiver is overloaded, timed out or asked us to slow down.

@@ -48,7 +48,7 @@ class EmailChannel:
 
     def build(self, delivery: Delivery, root: str | None) -> EmailMessage:
         """The mail; ``root`` is the Message-ID of the task's first mail, if this is not it."""
-        content = mail_content(delivery.event)
+        content = mail_content(delivery.event, self._deps.names)
         msg = EmailMessage()
         # EmailMessage refuses CR/LF in any header value: a payload cannot add headers even
         # if rendering let one through.
@@ -71,7 +71,7 @@ class EmailChannel:
     def render(self, delivery: Delivery) -> str:
         """The headers and the text part, decoded (the HTML part says the same)."""
         config = self._config
-        content = mail_content(delivery.event)
+        content = mail_content(delivery.event, self._deps.names)
         return (
             f"Mail via {config.host}:{config.effective_port} ({config.security})\n"
             f"From: {config.from_}\nTo: {', '.join(config.to)}\n"

@@ -79,7 +79,7 @@ class SlackChannel:
             self._pace_key = "slack-webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
 
     def render(self, delivery: Delivery) -> str:
-        message = slack_message(delivery.event)
+        message = slack_message(delivery.event, self._deps.names)
         where = self._config.channel if self._web is not None else "incoming webhook"
         payload = {"channel": where, "text": message.text, "blocks": message.blocks}
         return "Slack " + json.dumps(payload, indent=2, ensure_ascii=False)
@@ -132,7 +132,7 @@ class SlackChannel:
         self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef | None
     ) -> SlackMessageRef:
         """Edit the task's message to show ``event``, or post it; the new reference."""
-        message = slack_message(event)
+        message = slack_message(event, self._deps.names)
         await self._turn()
         if ref is not None:
             try:
@@ -158,7 +158,7 @@ class SlackChannel:
         self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef, key: str
     ) -> None:
         """The failure's details as a reply in the message's thread, once per event."""
-        reply = slack_thread_reply(event)
+        reply = slack_thread_reply(event, self._deps.names)
         if reply is None or ref.replied == event.id:
             return
         await self._turn()
@@ -174,7 +174,7 @@ class SlackChannel:
         await self._deps.state.put_state(self.name, key, replied.to_json(), self._deps.clock())
 
     async def _send_webhook(self, hook: AsyncWebhookClient, event: TaskEvent) -> None:
-        message: SlackMessage = slack_message(event)
+        message: SlackMessage = slack_message(event, self._deps.names)
         await self._turn()
         answer = await hook.send(text=message.text, blocks=message.blocks)
         if 200 <= answer.status_code < 300:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.apimart_outputs import read_outputs
-from relay.providers.base import Ignored, Inbound, StatusRequest
+from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -67,6 +67,9 @@ class ApimartProvider:
     """The adapter for APIMart task callbacks."""
 
     name = "apimart"
+    display_name = "APIMart"
+    alerts = False
+    alert_phrases = NO_ALERT_PHRASES
     # GET /v1/tasks/{id} with ``Authorization: Bearer <key>``.
     default_api_url = DEFAULT_API_URL
 

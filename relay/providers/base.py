@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from relay.events import TaskEvent
 from relay.routing.model import SourceConfig
+
+# The ``alert_phrases`` of a provider without alerts: read-only, so one can be shared.
+NO_ALERT_PHRASES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,19 @@ class Ignored:
 
 
 class Provider(Protocol):
-    """One provider's adapter. Registered by name in ``relay.providers.PROVIDERS``."""
+    """One provider's adapter. Registered by name in ``relay.providers.default_providers()``.
+
+    Besides parsing, a provider says how people name it: renderers get these declarations
+    (through ``relay.runtime.provider_names``) instead of importing provider modules.
+    """
 
     name: str
+    display_name: str
+    """What people call it in messages: "GoAPI", "Standard Webhooks"."""
+    alerts: bool
+    """Its events are account notifications (titled "<display_name> alert: ..."), not tasks."""
+    alert_phrases: Mapping[str, str]
+    """For alerts: a readable line per known alert type; empty otherwise."""
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """This provider's own checks of a source's settings, run when the rules load: each

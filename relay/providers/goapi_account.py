@@ -8,6 +8,7 @@ triggered...). Each becomes a final, failed TaskEvent so the ordinary rules can 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -68,6 +69,9 @@ class GoapiAccountProvider:
     """
 
     name = "goapi-account"
+    display_name = "GoAPI account"
+    alerts = True
+    alert_phrases: Mapping[str, str] = KNOWN_TYPES
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """A secret, a URL token, or both: the loader requires one, which is all this needs."""

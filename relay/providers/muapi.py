@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound, StatusRequest
+from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -59,6 +59,9 @@ class MuapiProvider:
     """The adapter for MuAPI prediction callbacks."""
 
     name = "muapi"
+    display_name = "MuAPI"
+    alerts = False
+    alert_phrases = NO_ALERT_PHRASES
     # GET /api/v1/predictions/{id}/result with ``x-api-key``.
     default_api_url = DEFAULT_API_URL
 

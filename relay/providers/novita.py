@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound, StatusRequest
+from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     REDACTED,
     as_float,
@@ -54,6 +54,9 @@ class NovitaProvider:
     """
 
     name = "novita"
+    display_name = "Novita"
+    alerts = False
+    alert_phrases = NO_ALERT_PHRASES
     # GET /v3/async/task-result?task_id={id} with ``Authorization: Bearer <key>``.
     default_api_url = DEFAULT_API_URL
 

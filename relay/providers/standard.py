@@ -20,7 +20,7 @@ from pydantic import SecretStr, ValidationError
 from relay import signing
 from relay.errors import PayloadError, VerificationError
 from relay.events import TaskEvent
-from relay.providers.base import Ignored, Inbound
+from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound
 from relay.providers.common import redact_in_place
 from relay.routing.model import SourceConfig
 
@@ -37,6 +37,9 @@ class StandardProvider:
     """The adapter for Standard Webhooks senders whose body is relay's event envelope."""
 
     name = "standard"
+    display_name = "Standard Webhooks"
+    alerts = False
+    alert_phrases = NO_ALERT_PHRASES
 
     def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
         """The secret is required (a URL token alone cannot prove a signed body) and must be

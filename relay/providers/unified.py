@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
-from relay.providers.base import Ignored, Inbound, StatusRequest
+from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     as_float,
     get_dict,
@@ -57,13 +57,19 @@ PROMPT_PLACES: tuple[tuple[str, str], ...] = (
 PROGRESS_KEYS: tuple[str, ...] = ("progress", "task_progress", "percent")
 
 DEFAULT_API_URLS = {"goapi": "https://api.goapi.ai", "piapi": "https://api.piapi.ai"}
+DISPLAY_NAMES = {"goapi": "GoAPI", "piapi": "PiAPI"}
 
 
 class UnifiedProvider:
     """The adapter for GoAPI and PiAPI, which share one schema; ``name`` tells them apart."""
 
+    alerts = False
+    alert_phrases = NO_ALERT_PHRASES
+
     def __init__(self, name: str) -> None:
         self.name = name
+        # One class serves both brands: an unknown name (a test's) is shown as given.
+        self.display_name = DISPLAY_NAMES.get(name, name)
         # Both serve GET /api/v1/task/{id} with the x-api-key header.
         self.default_api_url = DEFAULT_API_URLS.get(name, "https://api.goapi.ai")
 

@@ -12,16 +12,9 @@ import html
 from dataclasses import dataclass
 
 from relay.events import TaskEvent
-from relay.render.summary import (
-    PROMPT_LIMIT,
-    OutputView,
-    Summary,
-    and_more,
-    format_time,
-    one_line,
-    shorten,
-    summarize,
-)
+from relay.render.names import ProviderNames
+from relay.render.summary import PROMPT_LIMIT, OutputView, Summary, summarize
+from relay.render.text import and_more, format_time, one_line, shorten
 
 SUBJECT_PREFIX = "[relay]"
 SUBJECT_LIMIT = 200
@@ -286,9 +279,10 @@ def mail_html(summary: Summary) -> str:
     return "\n".join(out) + "\n"
 
 
-def mail_content(event: TaskEvent) -> MailContent:
-    """Subject, plain text and HTML for ``event``: the same content in each."""
-    summary = summarize(event)
+def mail_content(event: TaskEvent, names: ProviderNames) -> MailContent:
+    """Subject, plain text and HTML for ``event``: the same content in each (``names``: see
+    ``summarize``)."""
+    summary = summarize(event, names)
     return MailContent(
         subject=mail_subject(summary), text=mail_text(summary), html=mail_html(summary)
     )

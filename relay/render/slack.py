@@ -17,19 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from relay.events import TaskEvent
-from relay.render.summary import (
-    CODE_FACTS,
-    ELLIPSIS,
-    PROMPT_LIMIT,
-    OutputView,
-    Summary,
-    and_more,
-    format_time,
-    one_line,
-    shorten,
-    summarize,
-    utc,
-)
+from relay.render.names import ProviderNames
+from relay.render.summary import CODE_FACTS, PROMPT_LIMIT, OutputView, Summary, summarize
+from relay.render.text import ELLIPSIS, and_more, format_time, one_line, shorten, utc
 
 # Slack's documented limits (api.slack.com/reference/block-kit).
 MAX_BLOCKS = 50
@@ -390,16 +380,16 @@ def enforce_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- public API --------------------------------------------------------------------------------
 
 
-def slack_message(event: TaskEvent) -> SlackMessage:
-    """The Slack message for ``event``, within Slack's limits."""
-    summary = summarize(event)
+def slack_message(event: TaskEvent, names: ProviderNames) -> SlackMessage:
+    """The Slack message for ``event``, within Slack's limits (``names``: see ``summarize``)."""
+    summary = summarize(event, names)
     return SlackMessage(text=_fallback_text(summary), blocks=enforce_limits(_blocks(summary)))
 
 
-def slack_thread_reply(event: TaskEvent) -> SlackMessage | None:
+def slack_thread_reply(event: TaskEvent, names: ProviderNames) -> SlackMessage | None:
     """For a failed event with an error: a reply with the whole error (code, message, detail),
     split over as many sections as it takes, within limits. None otherwise."""
-    summary = summarize(event)
+    summary = summarize(event, names)
     error = summary.error
     if event.status != "failed" or error is None:
         return None
@@ -437,9 +427,9 @@ def slack_thread_reply(event: TaskEvent) -> SlackMessage | None:
     return SlackMessage(text=safe_cut(text, MAX_TEXT), blocks=enforce_limits(blocks))
 
 
-def slack_webhook_payload(event: TaskEvent) -> dict[str, Any]:
+def slack_webhook_payload(event: TaskEvent, names: ProviderNames) -> dict[str, Any]:
     """The JSON body for an incoming webhook: the same text and blocks as ``slack_message``."""
-    message = slack_message(event)
+    message = slack_message(event, names)
     return {"text": message.text, "blocks": message.blocks}
 
 

@@ -16,8 +16,10 @@ from relay.channels import default_channel_types
 from relay.channels.base import Channel, ChannelDeps
 from relay.dispatcher import Dispatcher, Routing
 from relay.events import TaskEvent
+from relay.providers import default_providers
 from relay.retry import RetryPolicy
 from relay.routing.model import Destination
+from relay.runtime import provider_names
 from relay.store.base import DeliveryRecord, NewDelivery
 from relay.store.sqlite import SQLiteStore
 
@@ -59,7 +61,12 @@ class Harness:
     def add(self, name: str, **config: Any) -> Channel:
         """A destination from its rules keys (``type`` included), with a fixed retry policy."""
         dest = DESTINATION.validate_python(config)
-        deps = ChannelDeps(http=self.http, clock=self.clock, state=self.store)
+        deps = ChannelDeps(
+            http=self.http,
+            clock=self.clock,
+            state=self.store,
+            names=provider_names(default_providers()),
+        )
         self.channels[name] = default_channel_types()[dest.type](name, dest, deps)
         return self.channels[name]
 

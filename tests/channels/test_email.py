@@ -331,13 +331,20 @@ async def test_a_silent_server_times_out_transiently(
 def test_render_shows_the_headers_and_the_text_part() -> None:
     from relay.channels.base import ChannelDeps, Delivery
     from relay.channels.email import EmailChannel
+    from relay.providers import default_providers
     from relay.routing.model import EmailDestination
+    from relay.runtime import provider_names
     from relay.store.memory import MemoryStore
 
     dest = EmailDestination.model_validate(
         {"type": "email", "to": TO[:2], "from": "relay@example.com", "host": "smtp.example.com"}
     )
-    deps = ChannelDeps(http=None, clock=lambda: 0.0, state=MemoryStore())  # type: ignore[arg-type]
+    deps = ChannelDeps(
+        http=None,  # type: ignore[arg-type]
+        clock=lambda: 0.0,
+        state=MemoryStore(),
+        names=provider_names(default_providers()),
+    )
     shown = EmailChannel("ops", dest, deps).render(
         Delivery("dlv_1", "ops", 1, event_of("t-1", prompt="a fox"))
     )

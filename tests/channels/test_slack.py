@@ -12,7 +12,9 @@ import pytest
 from relay.channels.base import ChannelDeps, Delivery
 from relay.channels.slack import SlackChannel
 from relay.events import Output, TaskError, TaskEvent
+from relay.providers import default_providers
 from relay.routing.model import SlackDestination
+from relay.runtime import provider_names
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SQLiteStore
 from tests.channels.harness import Clock, Harness
@@ -379,7 +381,9 @@ def test_render_shows_the_channel_and_blocks(http: aiohttp.ClientSession) -> Non
     dest = SlackDestination.model_validate(
         {"type": "slack", "token": "xoxb-x", "channel": "#renders"}
     )
-    deps = ChannelDeps(http=http, clock=Clock(), state=MemoryStore())
+    deps = ChannelDeps(
+        http=http, clock=Clock(), state=MemoryStore(), names=provider_names(default_providers())
+    )
     channel = SlackChannel("renders", dest, deps)
     shown = channel.render(Delivery("dlv_1", "renders", 1, event_of("t-1", "succeeded")))
     assert '"channel": "#renders"' in shown

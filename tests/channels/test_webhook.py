@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from relay.channels.base import ChannelDeps, Delivery
 from relay.channels.webhook import WebhookChannel
 from relay.errors import DeliveryError
+from relay.render.names import ProviderNames
 from relay.routing.model import WebhookDestination
 from relay.store.memory import MemoryStore
 from tests.downstream import Downstream
@@ -31,7 +32,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def channel(http: aiohttp.ClientSession, url: str, **config: object) -> WebhookChannel:
     dest = WebhookDestination.model_validate({"type": "webhook", "url": url, **config})
     return WebhookChannel(
-        "billing", dest, ChannelDeps(http=http, clock=time.time, state=MemoryStore())
+        "billing",
+        dest,
+        ChannelDeps(http=http, clock=time.time, state=MemoryStore(), names=ProviderNames()),
     )
 
 

@@ -15,12 +15,15 @@ from relay.events import TaskEvent
 from relay.providers import default_providers
 from relay.providers.base import Ignored, Inbound
 from relay.routing.model import SourceConfig
+from relay.runtime import provider_names
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
 # When an event has no time of its own to be received after.
 DEFAULT_RECEIVED_AT = datetime(2025, 7, 1, 12, 0, 0, tzinfo=UTC)
 # How long after a task's last own time its callback is taken to arrive.
 DELIVERY_LAG = timedelta(seconds=2)
+# What the renderers know about providers, built as the runtime builds it.
+PROVIDER_NAMES = provider_names(default_providers())
 
 
 def fixture_files() -> list[Path]:

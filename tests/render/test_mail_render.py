@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from relay.events import Output, TaskError
 from relay.render.mail import MailContent, mail_content
 from tests.events_factory import make_event
-from tests.render.fixture_events import SNAPSHOTS, check_snapshot, fixture_events
+from tests.render.fixture_events import (
+    PROVIDER_NAMES,
+    SNAPSHOTS,
+    check_snapshot,
+    fixture_events,
+)
 
 T0 = datetime(2025, 7, 1, 12, 0, 0, tzinfo=UTC)
 FIXTURE_EVENTS = fixture_events()
@@ -72,7 +77,7 @@ def assert_safe_mail(mail: MailContent) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_snapshot(name: str) -> None:
-    mail = mail_content(dict(FIXTURE_EVENTS)[name])
+    mail = mail_content(dict(FIXTURE_EVENTS)[name], PROVIDER_NAMES)
     assert_safe_mail(mail)
     check_snapshot(SNAPSHOTS / "mail" / f"{name}.txt", f"Subject: {mail.subject}\n\n{mail.text}")
 
@@ -85,7 +90,7 @@ def test_no_stale_snapshots() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_html_has_the_same_content_as_the_text(name: str) -> None:
     event = dict(FIXTURE_EVENTS)[name]
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     html_text = " ".join(parse(mail.html).text)
     assert event.task_id in html_text
     for output in event.outputs:
@@ -100,7 +105,7 @@ def test_html_has_the_same_content_as_the_text(name: str) -> None:
 
 
 def test_subject_for_a_success() -> None:
-    mail = mail_content(make_event(task_id=TASK_ID, model="kling"))
+    mail = mail_content(make_event(task_id=TASK_ID, model="kling"), PROVIDER_NAMES)
     assert mail.subject == "[relay] Kling video ready: task 1a2b3c4d…"
 
 
@@ -113,25 +118,26 @@ def test_subject_for_a_failure_carries_the_short_error() -> None:
         outputs=[],
         error=TaskError(code="10000", message="failed to do task: midjourney rejected the prompt"),
     )
-    assert mail_content(event).subject == (
+    assert mail_content(event, PROVIDER_NAMES).subject == (
         "[relay] FAILED Midjourney imagine: failed to do task: midjourney rejected the prompt"
     )
     long = event.model_copy(update={"error": TaskError(message="x " * 500)})
-    subject = mail_content(long).subject
+    subject = mail_content(long, PROVIDER_NAMES).subject
     assert subject.endswith("…") and len(subject) < 120
 
 
 def test_subject_for_tests_progress_and_alerts() -> None:
-    test = mail_content(make_event(task_id=TASK_ID, model="kling", test=True))
+    test = mail_content(make_event(task_id=TASK_ID, model="kling", test=True), PROVIDER_NAMES)
     assert test.subject == "[relay] [TEST] Kling video ready: task 1a2b3c4d…"
     progress = mail_content(
-        make_event(task_id=TASK_ID, model="luma", status="processing", progress=45, outputs=[])
+        make_event(task_id=TASK_ID, model="luma", status="processing", progress=45, outputs=[]),
+        PROVIDER_NAMES,
     )
     assert progress.subject == "[relay] Luma video processing 45%: task 1a2b3c4d…"
     names = dict(FIXTURE_EVENTS)
-    alert = mail_content(names["goapi_account__mj_bot_banned"])
+    alert = mail_content(names["goapi_account__mj_bot_banned"], PROVIDER_NAMES)
     assert alert.subject == "[relay] GoAPI account alert: Midjourney bot banned"
-    apimart = mail_content(names["apimart__image_success"])
+    apimart = mail_content(names["apimart__image_success"], PROVIDER_NAMES)
     assert apimart.subject == "[relay] APIMart image ready: task_01KA040M…"
 
 
@@ -148,7 +154,7 @@ def test_subject_cannot_inject_headers(field: str) -> None:
         "task_type": {"task_type": hostile, "outputs": []},
     }
     overrides = cases[field]
-    mail = mail_content(make_event(**overrides))
+    mail = mail_content(make_event(**overrides), PROVIDER_NAMES)
     assert_safe_mail(mail)
     assert "\r" not in mail.subject and "\n" not in mail.subject
     if field in ("error", "model"):
@@ -157,7 +163,7 @@ def test_subject_cannot_inject_headers(field: str) -> None:
 
 
 def test_subject_is_at_most_200_characters() -> None:
-    mail = mail_content(make_event(model="M" * 500, task_id="t" * 1000, test=True))
+    mail = mail_content(make_event(model="M" * 500, task_id="t" * 1000, test=True), PROVIDER_NAMES)
     assert len(mail.subject) <= 200
 
 
@@ -181,7 +187,7 @@ def test_every_payload_value_is_html_escaped() -> None:
             Output(kind="image", url="https://cdn.example/i.png", title=SCRIPT),
         ],
     )
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     assert_safe_mail(mail)
     assert "<script" not in mail.html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;" in mail.html
@@ -208,7 +214,7 @@ def test_only_http_urls_become_links(url: str) -> None:
             Output(kind="video", url="https://cdn.example/v.mp4", thumbnail_url=url),
         ]
     )
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     assert_safe_mail(mail)
     srcs = [a.get("src") for tag, a in parse(mail.html).tags if tag == "img"]
     assert srcs == []  # the bad thumbnail is not used either
@@ -235,7 +241,7 @@ def test_image_thumbnails_are_linked_images() -> None:
             ),
         ]
     )
-    html_text = mail_content(event).html
+    html_text = mail_content(event, PROVIDER_NAMES).html
     assert '<a href="https://cdn.example/i.png"><img src="https://cdn.example/i.png"' in html_text
     assert 'width="480"' in html_text
     assert '<a href="https://cdn.example/big.png"><img src="https://cdn.example/small.png"' in (
@@ -257,7 +263,7 @@ def test_nsfw_image_is_a_link_with_a_warning() -> None:
             )
         ]
     )
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     assert "<img" not in mail.html
     assert 'href="https://cdn.example/n.png"' in mail.html
     assert "NSFW" in mail.html
@@ -266,18 +272,22 @@ def test_nsfw_image_is_a_link_with_a_warning() -> None:
 
 def test_text_outputs_failed_progress_and_null_outputs_render() -> None:
     caption = mail_content(
-        make_event(model="Qubico/joycaption", outputs=[Output(kind="text", text="a\nb")])
+        make_event(model="Qubico/joycaption", outputs=[Output(kind="text", text="a\nb")]),
+        PROVIDER_NAMES,
     )
     assert "a<br>\nb" in caption.html
     assert "- Caption:\n    a\n    b" in caption.text
     failed = mail_content(
-        make_event(status="failed", outputs=[], error=TaskError(code="E1", message="boom"))
+        make_event(status="failed", outputs=[], error=TaskError(code="E1", message="boom")),
+        PROVIDER_NAMES,
     )
     assert "Error (code E1):\n  boom" in failed.text
     assert "boom" in failed.html
-    progress = mail_content(make_event(status="processing", progress=45, outputs=[]))
+    progress = mail_content(
+        make_event(status="processing", progress=45, outputs=[]), PROVIDER_NAMES
+    )
     assert re.search(r"^Progress: +45%$", progress.text, re.MULTILINE)
-    empty = mail_content(make_event(outputs=[]))
+    empty = mail_content(make_event(outputs=[]), PROVIDER_NAMES)
     assert "Output" not in empty.text
     for mail in (caption, failed, progress, empty):
         assert_safe_mail(mail)
@@ -295,7 +305,7 @@ def test_test_mark_and_expiry() -> None:
             )
         ],
     )
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     assert "TEST EVENT" in mail.text
     assert "TEST EVENT" in mail.html
     assert "Link expires 2025-07-01 13:00 UTC." in mail.text
@@ -304,7 +314,7 @@ def test_test_mark_and_expiry() -> None:
 
 def test_80_outputs_are_listed_up_to_a_point() -> None:
     outputs = [Output(kind="image", url=f"https://cdn.example/{i}.png") for i in range(80)]
-    mail = mail_content(make_event(prompt="p" * 60000, outputs=outputs))
+    mail = mail_content(make_event(prompt="p" * 60000, outputs=outputs), PROVIDER_NAMES)
     assert_safe_mail(mail)
     assert "… and 30 more outputs" in mail.text
     assert "… and 30 more outputs" in mail.html
@@ -314,7 +324,7 @@ def test_80_outputs_are_listed_up_to_a_point() -> None:
 
 def test_long_error_is_shortened() -> None:
     event = make_event(status="failed", outputs=[], error=TaskError(message="E" * 10000))
-    mail = mail_content(event)
+    mail = mail_content(event, PROVIDER_NAMES)
     assert "E" * 3000 in mail.text
     assert "E" * 5000 not in mail.text
     assert "…" in mail.text
@@ -340,4 +350,4 @@ def test_any_event_gives_a_safe_mail(
         error=TaskError(code=text, message=text, detail=text) if status == "failed" else None,
         outputs=[Output(kind=kind, url=url, title=text, text=text, thumbnail_url=url)],  # type: ignore[arg-type]
     )
-    assert_safe_mail(mail_content(event))
+    assert_safe_mail(mail_content(event, PROVIDER_NAMES))

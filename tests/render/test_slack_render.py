@@ -23,7 +23,12 @@ from relay.render.slack import (
     slack_webhook_payload,
 )
 from tests.events_factory import make_event
-from tests.render.fixture_events import SNAPSHOTS, check_snapshot, fixture_events
+from tests.render.fixture_events import (
+    PROVIDER_NAMES,
+    SNAPSHOTS,
+    check_snapshot,
+    fixture_events,
+)
 
 T0 = datetime(2025, 7, 1, 12, 0, 0, tzinfo=UTC)
 FIXTURE_EVENTS = fixture_events()
@@ -125,7 +130,7 @@ def test_every_fixture_either_renders_or_is_ignored() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_snapshot(name: str) -> None:
     event = dict(FIXTURE_EVENTS)[name]
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     rendered = json.dumps(
         {"text": message.text, "blocks": message.blocks},
@@ -144,7 +149,7 @@ def test_no_stale_snapshots() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_thread_reply_only_for_failures(name: str) -> None:
     event = dict(FIXTURE_EVENTS)[name]
-    reply = slack_thread_reply(event)
+    reply = slack_thread_reply(event, PROVIDER_NAMES)
     if event.status == "failed":
         assert reply is not None
         assert_within_limits(reply)
@@ -157,8 +162,11 @@ def test_fixture_thread_reply_only_for_failures(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_webhook_payload_is_the_message(name: str) -> None:
     event = dict(FIXTURE_EVENTS)[name]
-    message = slack_message(event)
-    assert slack_webhook_payload(event) == {"text": message.text, "blocks": message.blocks}
+    message = slack_message(event, PROVIDER_NAMES)
+    assert slack_webhook_payload(event, PROVIDER_NAMES) == {
+        "text": message.text,
+        "blocks": message.blocks,
+    }
 
 
 # -- content -----------------------------------------------------------------------------------
@@ -173,7 +181,7 @@ def test_video_success_layout() -> None:
         duration_s=42.0,
         outputs=[Output(kind="video", url="https://cdn.example/v.mp4", width=1280, height=720)],
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     blocks = message.blocks
     assert blocks[0]["text"]["text"] == ":white_check_mark: Kling video ready"
@@ -201,7 +209,7 @@ def test_images_become_image_blocks_with_alt_text() -> None:
             Output(kind="image", url="https://cdn.example/2.png"),
         ],
     )
-    images = [b for b in slack_message(event).blocks if b["type"] == "image"]
+    images = [b for b in slack_message(event, PROVIDER_NAMES).blocks if b["type"] == "image"]
     assert [b["image_url"] for b in images] == [
         "https://cdn.example/1.png",
         "https://cdn.example/2.png",
@@ -212,7 +220,7 @@ def test_images_become_image_blocks_with_alt_text() -> None:
 
 def test_nsfw_image_is_a_link_with_a_warning_not_an_image() -> None:
     event = make_event(outputs=[Output(kind="image", url="https://cdn.example/n.png", nsfw=True)])
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     assert not any(b["type"] == "image" for b in message.blocks)
     assert "image_url" not in all_text(message)
@@ -233,7 +241,7 @@ def test_nsfw_video_has_no_thumbnail() -> None:
             )
         ]
     )
-    assert "t.jpg" not in all_text(slack_message(event))
+    assert "t.jpg" not in all_text(slack_message(event, PROVIDER_NAMES))
 
 
 def test_audio_with_thumbnail_gets_an_accessory() -> None:
@@ -249,7 +257,7 @@ def test_audio_with_thumbnail_gets_an_accessory() -> None:
             )
         ],
     )
-    block = next(b for b in slack_message(event).blocks if "accessory" in b)
+    block = next(b for b in slack_message(event, PROVIDER_NAMES).blocks if "accessory" in b)
     assert block["accessory"]["image_url"] == "https://cdn.example/a.jpg"
     assert "<https://cdn.example/a.mp3|Cat Dance>" in block["text"]["text"]
 
@@ -259,7 +267,7 @@ def test_text_outputs_render_quoted() -> None:
         model="Qubico/joycaption",
         outputs=[Output(kind="text", text="line one\nline <two> & more")],
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     section = next(t for t in mrkdwn_texts(message) if "line one" in t)
     assert section.endswith(">line one\n>line &lt;two&gt; &amp; more")
@@ -273,14 +281,14 @@ def test_model3d_and_file_outputs_are_links() -> None:
             Output(kind="file", url="https://cdn.example/f.zip"),
         ]
     )
-    text = all_text(slack_message(event))
+    text = all_text(slack_message(event, PROVIDER_NAMES))
     assert "<https://cdn.example/m.glb|3D model>" in text
     assert "<https://cdn.example/f.zip|File>" in text
 
 
 def test_null_outputs_render() -> None:
     event = make_event(outputs=[], model="luma")
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     assert message.blocks[0]["text"]["text"] == ":white_check_mark: Luma video finished"
 
@@ -293,7 +301,7 @@ def test_output_without_url_or_with_odd_url() -> None:
             Output(kind="image", url="ftp://x.example/i.png"),
         ]
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     text = all_text(message)
     assert "no link given" in text
@@ -310,7 +318,7 @@ def test_failure_shows_error_code_and_message() -> None:
         outputs=[],
         error=TaskError(code="10000", message="midjourney rejected the prompt", detail="banned"),
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     assert message.blocks[0]["text"]["text"] == ":x: Midjourney imagine failed"
     error = message.blocks[1]["text"]["text"]
@@ -320,22 +328,22 @@ def test_failure_shows_error_code_and_message() -> None:
 
 def test_progress_event_renders() -> None:
     event = make_event(status="processing", model="luma", progress=45, outputs=[])
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     assert (
         message.blocks[0]["text"]["text"] == ":hourglass_flowing_sand: Luma video: processing 45%"
     )
     assert "*Progress*\n45%" in all_text(message).replace("\\n", "\n")
-    assert slack_thread_reply(event) is None
+    assert slack_thread_reply(event, PROVIDER_NAMES) is None
 
 
 def test_test_events_are_marked() -> None:
-    message = slack_message(make_event(test=True))
+    message = slack_message(make_event(test=True), PROVIDER_NAMES)
     assert message.blocks[0]["text"]["text"].startswith("[TEST] ")
     assert message.blocks[1]["type"] == "context"
     assert "TEST EVENT" in message.blocks[1]["elements"][0]["text"]
     assert message.text.startswith("[TEST] ")
-    assert "TEST" not in all_text(slack_message(make_event(test=False)))
+    assert "TEST" not in all_text(slack_message(make_event(test=False), PROVIDER_NAMES))
 
 
 def test_expiry_is_shown_as_a_slack_date() -> None:
@@ -344,13 +352,13 @@ def test_expiry_is_shown_as_a_slack_date() -> None:
         received_at=T0,
         outputs=[Output(kind="video", url="https://cdn.example/v.mp4", expires_at=expires)],
     )
-    texts = mrkdwn_texts(slack_message(event))
+    texts = mrkdwn_texts(slack_message(event, PROVIDER_NAMES))
     line = next(t for t in texts if "expire" in t)
     ts = int(expires.timestamp())
     assert line == (
         f":hourglass: Link expires <!date^{ts}^{{date_short_pretty}} {{time}}|2025-07-01 13:00 UTC>"
     )
-    assert not any("expire" in t for t in mrkdwn_texts(slack_message(make_event())))
+    assert not any("expire" in t for t in mrkdwn_texts(slack_message(make_event(), PROVIDER_NAMES)))
 
 
 # -- escaping ----------------------------------------------------------------------------------
@@ -360,7 +368,7 @@ HOSTILE = "<!channel> <http://evil|click> & co <@U123> <#C1> <!subteam^S1>"
 
 def test_prompt_cannot_mention_or_link() -> None:
     event = make_event(prompt=HOSTILE, outputs=[])
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     prompt = next(t for t in mrkdwn_texts(message) if t.startswith("*Prompt*"))
     assert prompt == (
         "*Prompt*\n>&lt;!channel&gt; &lt;http://evil|click&gt; &amp; co &lt;@U123&gt; "
@@ -386,7 +394,10 @@ def test_every_payload_value_is_inert() -> None:
             Output(kind="image", url="https://cdn.example/n.png?a=1&b=2", nsfw=True),
         ],
     )
-    for message in (slack_message(event), slack_thread_reply(event)):
+    for message in (
+        slack_message(event, PROVIDER_NAMES),
+        slack_thread_reply(event, PROVIDER_NAMES),
+    ):
         assert message is not None
         assert_within_limits(message)
         for token in markup(message):
@@ -402,11 +413,13 @@ def test_link_urls_keep_their_ampersands_escaped() -> None:
     event = make_event(
         outputs=[Output(kind="video", url="https://cdn.example/v.mp4?a=1&b=2|3")],
     )
-    assert "<https://cdn.example/v.mp4?a=1&amp;b=2%7C3|Video>" in all_text(slack_message(event))
+    assert "<https://cdn.example/v.mp4?a=1&amp;b=2%7C3|Video>" in all_text(
+        slack_message(event, PROVIDER_NAMES)
+    )
 
 
 def test_header_is_plain_text_and_not_escaped() -> None:
-    message = slack_message(make_event(model="R&D <lab>"))
+    message = slack_message(make_event(model="R&D <lab>"), PROVIDER_NAMES)
     assert message.blocks[0]["text"] == {
         "type": "plain_text",
         "text": ":white_check_mark: R&D <lab> video ready",
@@ -446,7 +459,7 @@ def overflow_count(message: SlackMessage) -> int:
 def test_huge_prompt_and_80_images() -> None:
     event = make_event(prompt="word " * 12000, outputs=many("image", 80))
     assert len(event.prompt or "") == 60000
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     images = [b for b in message.blocks if b["type"] == "image"]
     hidden = overflow_count(message)
@@ -462,7 +475,7 @@ def test_huge_prompt_and_80_images() -> None:
 
 
 def test_80_videos() -> None:
-    message = slack_message(make_event(outputs=many("video", 80)))
+    message = slack_message(make_event(outputs=many("video", 80)), PROVIDER_NAMES)
     assert_within_limits(message)
     links = [b for b in message.blocks if b["type"] == "section" and "video/0" in json.dumps(b)]
     shown = len(links) - 1  # the last is the overflow section
@@ -475,7 +488,7 @@ def test_overflow_section_itself_stays_within_3000() -> None:
     long_urls = [
         Output(kind="video", url=f"https://cdn.example/{i:03}/" + "p" * 900) for i in range(120)
     ]
-    message = slack_message(make_event(outputs=long_urls))
+    message = slack_message(make_event(outputs=long_urls), PROVIDER_NAMES)
     assert_within_limits(message)
     overflow = next(t for t in mrkdwn_texts(message) if "more outputs" in t)
     assert re.search(r"\n… and \d+ more$", overflow)
@@ -486,11 +499,11 @@ def test_long_error_message() -> None:
     event = make_event(
         status="failed", outputs=[], error=TaskError(code="500", message=message_text)
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     error = next(t for t in mrkdwn_texts(message) if "*Error*" in t)
     assert error.endswith("…")
-    reply = slack_thread_reply(event)
+    reply = slack_thread_reply(event, PROVIDER_NAMES)
     assert reply is not None
     assert_within_limits(reply)
     # The reply carries the whole message, split over sections.
@@ -508,14 +521,14 @@ def test_thread_reply_for_an_enormous_error_stays_within_limits() -> None:
         outputs=[],
         error=TaskError(code="c" * 5000, message="<&>" * 100000, detail="d" * 100000),
     )
-    reply = slack_thread_reply(event)
+    reply = slack_thread_reply(event, PROVIDER_NAMES)
     assert reply is not None
     assert_within_limits(reply)
     assert "more characters" in all_text(reply)
 
 
 def test_long_model_name() -> None:
-    message = slack_message(make_event(model="M" * 500, task_type="t" * 500))
+    message = slack_message(make_event(model="M" * 500, task_type="t" * 500), PROVIDER_NAMES)
     assert_within_limits(message)
     assert len(message.blocks[0]["text"]["text"]) <= 150
 
@@ -533,7 +546,7 @@ def test_long_task_id_and_long_url() -> None:
             ),
         ],
     )
-    message = slack_message(event)
+    message = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(message)
     assert not any(b["type"] == "image" for b in message.blocks)
     assert "too long for Slack" in all_text(message)
@@ -548,7 +561,7 @@ def test_everything_at_once() -> None:
         error=TaskError(code="x" * 3000, message="m&" * 5000, detail="d<" * 5000),
         outputs=many("image", 40) + many("video", 40) + [Output(kind="text", text="t" * 9000)],
     )
-    assert_within_limits(slack_message(event))
+    assert_within_limits(slack_message(event, PROVIDER_NAMES))
 
 
 def test_enforce_limits_is_a_last_line_of_defence() -> None:
@@ -604,10 +617,10 @@ def test_any_event_renders_within_limits(
             for url in urls
         ],
     )
-    rendered = slack_message(event)
+    rendered = slack_message(event, PROVIDER_NAMES)
     assert_within_limits(rendered)
     for token in markup(rendered):
         assert token.startswith(("<!date^", "<https://cdn.example/a.png|")), token
-    reply = slack_thread_reply(event)
+    reply = slack_thread_reply(event, PROVIDER_NAMES)
     if reply is not None:
         assert_within_limits(reply)

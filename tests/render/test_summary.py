@@ -8,20 +8,20 @@ from typing import Any
 import pytest
 
 from relay.events import Output, TaskError
-from relay.render.summary import (
+from relay.render.models import model_display
+from relay.render.names import ProviderInfo, ProviderNames
+from relay.render.summary import summarize
+from relay.render.text import (
     and_more,
     clean_text,
     format_time,
     human_duration,
-    model_display,
     one_line,
-    provider_display,
     shorten,
-    summarize,
     web_url,
 )
 from tests.events_factory import make_event
-from tests.render.fixture_events import fixture_events
+from tests.render.fixture_events import PROVIDER_NAMES, fixture_events
 
 T0 = datetime(2025, 7, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -163,11 +163,35 @@ def test_model_display(model: str | None, want: str | None) -> None:
 
 
 def test_provider_display() -> None:
-    assert provider_display("goapi") == "GoAPI"
-    assert provider_display("apimart") == "APIMart"
-    assert provider_display("goapi-account") == "GoAPI account"
-    assert provider_display("brand-new") == "brand-new"
-    assert provider_display("") == "unknown provider"
+    display = PROVIDER_NAMES.display
+    assert display("goapi") == "GoAPI"
+    assert display("apimart") == "APIMart"
+    assert display("goapi-account") == "GoAPI account"
+    assert display("standard") == "Standard Webhooks"
+    assert display("brand-new") == "brand-new"
+    assert display(" brand\u202e-new\n") == "brand-new"
+    assert display("") == "unknown provider"
+
+
+def test_an_unknown_provider_is_shown_by_name_and_never_as_an_alert() -> None:
+    """An event from another relay may name a provider this one does not have."""
+    summary = summarize(make_event(provider="elsewhere", model=None), ProviderNames())
+    assert summary.provider == "elsewhere"
+    assert summary.alert is False
+    assert ("Provider", "elsewhere") in summary.facts
+
+
+def test_alerts_come_from_the_declared_names() -> None:
+    """Whatever provider declares ``alerts`` is titled as its account alert, phrased with its
+    own phrases, without repeating its brand."""
+    names = ProviderNames(
+        {"acme": ProviderInfo("AcmeAI ops", alerts=True, alert_phrases={"k1": "AcmeAI key gone"})}
+    )
+    known = make_event(provider="acme", status="failed", task_type="k1", outputs=[])
+    assert summarize(known, names).title == "AcmeAI ops alert: Key gone"
+    other = make_event(provider="acme", status="failed", task_type="acme_ai_new_thing", outputs=[])
+    assert summarize(other, names).title == "AcmeAI ops alert: New thing"
+    assert summarize(known, PROVIDER_NAMES).alert is False
 
 
 # -- titles ------------------------------------------------------------------------------------
@@ -261,12 +285,12 @@ def test_provider_display() -> None:
     ],
 )
 def test_titles(overrides: dict[str, Any], want: str) -> None:
-    assert summarize(make_event(**overrides)).title == want
+    assert summarize(make_event(**overrides), PROVIDER_NAMES).title == want
 
 
 def test_a_huge_model_name_keeps_the_title_short_and_the_facts_whole() -> None:
     model = "m" * 500
-    summary = summarize(make_event(model=model))
+    summary = summarize(make_event(model=model), PROVIDER_NAMES)
     assert len(summary.title) < 60
     assert summary.title.endswith("… video ready")
     assert dict(summary.facts)["Model"] == shorten(model, 200)
@@ -280,7 +304,7 @@ def test_outcome_marks() -> None:
         ("pending", ":inbox_tray:"),
         ("cancelled", ":no_entry_sign:"),
     ]:
-        summary = summarize(make_event(status=status))
+        summary = summarize(make_event(status=status), PROVIDER_NAMES)
         assert summary.outcome == status
         assert summary.emoji == emoji
         assert summary.symbol
@@ -294,7 +318,7 @@ def test_facts_in_order_with_full_task_id_and_human_duration() -> None:
     event = make_event(
         task_id=task_id, model="Qubico/flux1-dev", task_type="txt2img", duration_s=185.0
     )
-    assert summarize(event).facts == (
+    assert summarize(event, PROVIDER_NAMES).facts == (
         ("Provider", "GoAPI"),
         ("Model", "Qubico/flux1-dev"),
         ("Task type", "txt2img"),
@@ -305,18 +329,18 @@ def test_facts_in_order_with_full_task_id_and_human_duration() -> None:
 
 def test_facts_skip_what_is_missing_or_already_in_the_title() -> None:
     event = make_event(model="luma", task_type="video", duration_s=None)
-    facts = dict(summarize(event).facts)
+    facts = dict(summarize(event, PROVIDER_NAMES).facts)
     assert "Model" not in facts  # "luma" is the title's "Luma"
     assert "Task type" not in facts  # "video" is the title's "video"
     assert "Duration" not in facts
-    for label, value in summarize(event).facts:
+    for label, value in summarize(event, PROVIDER_NAMES).facts:
         assert value and value != "None", label
 
 
 def test_progress_only_while_not_final() -> None:
-    running = summarize(make_event(status="processing", progress=45, outputs=[]))
+    running = summarize(make_event(status="processing", progress=45, outputs=[]), PROVIDER_NAMES)
     assert dict(running.facts)["Progress"] == "45%"
-    done = summarize(make_event(status="succeeded", progress=100))
+    done = summarize(make_event(status="succeeded", progress=100), PROVIDER_NAMES)
     assert "Progress" not in dict(done.facts)
 
 
@@ -334,7 +358,7 @@ def test_outputs_are_labelled_and_links_checked() -> None:
             Output(kind="text", text="  hello\r\nworld  "),
         ]
     )
-    views = summarize(event).outputs
+    views = summarize(event, PROVIDER_NAMES).outputs
     assert [v.label for v in views] == [
         "Image 1 of 2",
         "Image 2 of 2",
@@ -357,14 +381,16 @@ def test_expires_at_is_the_earliest_and_phrased() -> None:
         received_at=T0,
         outputs=[image(expires_at=later), image(expires_at=soon), image()],
     )
-    summary = summarize(event)
+    summary = summarize(event, PROVIDER_NAMES)
     assert summary.expires_at == soon
     assert summary.expiry_phrase() == "Links start to expire"
-    one = summarize(make_event(received_at=T0, outputs=[image(expires_at=soon)]))
+    one = summarize(make_event(received_at=T0, outputs=[image(expires_at=soon)]), PROVIDER_NAMES)
     assert one.expiry_phrase() == "Link expires"
-    gone = summarize(make_event(received_at=later, outputs=[image(expires_at=soon)]))
+    gone = summarize(
+        make_event(received_at=later, outputs=[image(expires_at=soon)]), PROVIDER_NAMES
+    )
     assert gone.expiry_phrase() == "Link expired"
-    assert summarize(make_event()).expiry_phrase() is None
+    assert summarize(make_event(), PROVIDER_NAMES).expiry_phrase() is None
 
 
 def test_error_is_cleaned_and_json_detail_readable() -> None:
@@ -373,18 +399,18 @@ def test_error_is_cleaned_and_json_detail_readable() -> None:
         outputs=[],
         error=TaskError(code=" 10000 ", message="bad\r\nthing", detail='{"a": 1, "b": "x y"}'),
     )
-    error = summarize(event).error
+    error = summarize(event, PROVIDER_NAMES).error
     assert error is not None
     assert (error.code, error.message, error.detail) == ("10000", "bad\nthing", "a: 1 · b: x y")
-    empty = summarize(make_event(status="failed", error=TaskError(message="  ")))
+    empty = summarize(make_event(status="failed", error=TaskError(message="  ")), PROVIDER_NAMES)
     assert empty.error is not None and empty.error.message == "(no message given)"
 
 
 def test_test_flag_and_prompt() -> None:
-    summary = summarize(make_event(test=True, prompt="  a cat\r\n dancing \x07 "))
+    summary = summarize(make_event(test=True, prompt="  a cat\r\n dancing \x07 "), PROVIDER_NAMES)
     assert summary.test is True
     assert summary.prompt == "a cat\n dancing"
-    assert summarize(make_event(prompt="   ")).prompt is None
+    assert summarize(make_event(prompt="   "), PROVIDER_NAMES).prompt is None
 
 
 # -- the shared fixtures -----------------------------------------------------------------------
@@ -395,7 +421,7 @@ def by_name() -> dict[str, Any]:
 
 
 def test_fixture_titles() -> None:
-    titles = {name: summarize(event).title for name, event in fixture_events()}
+    titles = {name: summarize(event, PROVIDER_NAMES).title for name, event in fixture_events()}
     assert titles == {
         "apimart__failed": "APIMart task failed",
         "apimart__image_success": "APIMart image ready",
@@ -419,7 +445,7 @@ def test_fixture_titles() -> None:
 
 def test_account_alerts_read_as_alerts() -> None:
     events = by_name()
-    banned = summarize(events["goapi_account__mj_bot_banned"])
+    banned = summarize(events["goapi_account__mj_bot_banned"], PROVIDER_NAMES)
     assert banned.alert is True
     assert banned.emoji == ":rotating_light:"
     assert banned.error is not None
@@ -428,5 +454,5 @@ def test_account_alerts_read_as_alerts() -> None:
     assert banned.error.detail is not None and "bot_name: studio-bot-2" in banned.error.detail
     assert [label for label, _ in banned.facts] == ["Raised", "Alert ID"]
     # A message that only repeats the title is said once.
-    penalty = summarize(events["goapi_account__mj_penalty_triggered"])
+    penalty = summarize(events["goapi_account__mj_penalty_triggered"], PROVIDER_NAMES)
     assert penalty.error is not None and penalty.error.message == ""

@@ -12,6 +12,7 @@ import pytest
 from relay.channels.base import ChannelDeps, Delivery
 from relay.channels.webhook import WebhookChannel
 from relay.dispatcher import Dispatcher, Routing
+from relay.render.names import ProviderNames
 from relay.retry import RetryPolicy
 from relay.routing.model import WebhookDestination
 from relay.store.base import NewDelivery
@@ -40,7 +41,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def routing(http: aiohttp.ClientSession, url: str, clock: Clock, **policy: object) -> Routing:
     dest = WebhookDestination(type="webhook", url=url, secret=SECRET)  # type: ignore[arg-type]
-    channel = WebhookChannel("down", dest, ChannelDeps(http=http, clock=clock, state=MemoryStore()))
+    channel = WebhookChannel(
+        "down",
+        dest,
+        ChannelDeps(http=http, clock=clock, state=MemoryStore(), names=ProviderNames()),
+    )
     return Routing({"down": channel}, {"down": RetryPolicy(jitter=0, **policy)})  # type: ignore[arg-type]
 
 

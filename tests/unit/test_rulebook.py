@@ -15,6 +15,7 @@ from relay.channels.webhook import WebhookChannel
 from relay.errors import ConfigError
 from relay.providers import default_providers
 from relay.rulebook import RuleBook
+from relay.runtime import provider_names
 from relay.store.memory import MemoryStore
 from tests.downstream import Downstream
 from tests.events_factory import make_event
@@ -68,11 +69,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def make_book(directory: Path, http: aiohttp.ClientSession, env: dict[str, str]) -> RuleBook:
+    providers = default_providers()
     return RuleBook(
         directory,
-        default_providers(),
+        providers,
         default_channel_types(),
-        ChannelDeps(http=http, clock=time.time, state=MemoryStore()),
+        ChannelDeps(
+            http=http, clock=time.time, state=MemoryStore(), names=provider_names(providers)
+        ),
         env=env,
     )
 
