@@ -78,4 +78,12 @@ class CrossChecker:
                 f"task {event.task_id} is {trusted.provider_status} at the provider, "
                 f"not {event.provider_status} as the callback says"
             )
-        return trusted
+        # What the provider says, under the callback's identity: it is still the event this
+        # callback delivers (our id, its source, its dedupe key, when it arrived).
+        identity = {
+            "id": event.id,
+            "source": event.source,
+            "dedupe_key": event.dedupe_key,
+            "received_at": event.received_at,
+        }
+        return trusted.model_copy(update=identity)

@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
-
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.apimart_outputs import read_outputs
@@ -28,6 +26,7 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
 )
+from relay.providers.kit import api_key, build_event, percent
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
 
@@ -84,7 +83,7 @@ class ApimartProvider:
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/v1/tasks/{task_id} with our key as a Bearer token."""
         base = config.api_url or self.default_api_url
-        key = config.api_key.get_secret_value() if config.api_key else ""
+        key = api_key(config)
         return StatusRequest(
             f"{base}/v1/tasks/{quote(task_id, safe='')}", {"Authorization": f"Bearer {key}"}
         )
@@ -119,9 +118,7 @@ class ApimartProvider:
         trusted = self.normalize(inbound, payload, callback.id)
         if isinstance(trusted, Ignored):
             return None
-        return trusted.model_copy(
-            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
-        )
+        return trusted
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn an APIMart callback, wrapped in ``{code, data}`` or bare, into a TaskEvent.
@@ -142,8 +139,8 @@ class ApimartProvider:
 
         created_at = parse_time(task.get("created"))
         finished_at = parse_time(task.get("completed"))
-        try:
-            return TaskEvent(
+        return build_event(
+            dict(
                 id=event_id,
                 source=inbound.source,
                 provider=self.name,
@@ -155,7 +152,7 @@ class ApimartProvider:
                 test=False,
                 status=status,
                 provider_status=provider_status,
-                progress=_progress(task.get("progress"), status),
+                progress=percent(task.get("progress"), status),
                 final=status in FINAL_STATUSES,
                 outputs=read_outputs(task, task.get("result")),
                 error=_error(task.get("error")),
@@ -167,9 +164,7 @@ class ApimartProvider:
                 # Last: it consumes the payload, every field above is read already.
                 raw=redact_in_place(payload),
             )
-        except ValidationError as exc:
-            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
-            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+        )
 
 
 def _task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -205,18 +200,6 @@ def _answer_code(value: Any) -> int | None:
     """A status answer's ``code`` as a number; absent or unreadable is None (read as 200)."""
     number = as_float(value)
     return int(number) if number is not None and number.is_integer() else None
-
-
-def _progress(value: Any, status: Status) -> int | None:
-    if status == "succeeded":
-        return 100
-    # "45%" is read as 45: some status answers spell the percentage out.
-    if isinstance(value, str):
-        value = value.strip().removesuffix("%")
-    number = as_float(value)
-    if number is None:
-        return None
-    return round(min(100.0, max(0.0, number)))
 
 
 def _usage(task: dict[str, Any]) -> dict[str, Any] | None:

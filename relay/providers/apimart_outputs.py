@@ -19,6 +19,7 @@ from typing import Any
 
 from relay.events import Output, OutputKind
 from relay.providers.common import get_str, kind_from_url, parse_time, s3_expiry
+from relay.providers.kit import web_url
 
 # Documented lists first, then the singular spellings seen on sibling gateways.
 RESULT_KINDS: tuple[tuple[str, OutputKind], ...] = (
@@ -65,8 +66,6 @@ _TYPE_KINDS: dict[str, OutputKind] = {
     "model3d": "model3d",
 }
 
-_WEB = ("http://", "https://")
-
 
 def read_outputs(task: dict[str, Any], result: Any) -> list[Output]:
     """Every output of ``result``: one per media file (each URL once), then any text."""
@@ -74,7 +73,7 @@ def read_outputs(task: dict[str, Any], result: Any) -> list[Output]:
     outputs: list[Output] = []
     seen: set[str] = set()
     if isinstance(result, dict):
-        thumbnail = _web_url(result.get("thumbnail_url"))
+        thumbnail = web_url(result.get("thumbnail_url"))
         for key, kind in RESULT_KINDS:
             for item in _items(result.get(key)):
                 _add_item(outputs, seen, item, kind, hint, thumbnail)
@@ -121,7 +120,7 @@ def _add_item(
         expires = parse_time(item.get("expires_at"))
         # A song's cover or a video's frame, when the item carries its own.
         covers = (*THUMBNAIL_KEYS, "image_url") if kind in ("video", "audio") else THUMBNAIL_KEYS
-        thumbnail = next((u for k in covers if (u := _web_url(item.get(k)))), None) or thumbnail
+        thumbnail = next((u for k in covers if (u := web_url(item.get(k)))), None) or thumbnail
         title = get_str(item, "title")
     else:
         urls = _web_urls(item)
@@ -159,15 +158,7 @@ def _item_urls(item: dict[str, Any], kind: OutputKind | None) -> list[str]:
 def _web_urls(value: Any) -> list[str]:
     # ``url`` is documented as a string or a list; a map of URLs is read as a list.
     values = list(value.values()) if isinstance(value, dict) else _listed(value)
-    return [url for url in (_web_url(v) for v in values) if url is not None]
-
-
-def _web_url(value: Any) -> str | None:
-    # Only web URLs: base64 data URLs and other schemes are nothing a channel can link to.
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    return url if url.lower().startswith(_WEB) else None
+    return [url for url in (web_url(v) for v in values) if url is not None]
 
 
 def _type_hint(task: dict[str, Any]) -> OutputKind | None:

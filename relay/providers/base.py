@@ -97,6 +97,6 @@ class StatusLookup(Protocol):
         task id (URL-quoted) make the URL, never anything from the payload."""
 
     def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
-        """What the status API's JSON says about the task, as an event that keeps the
-        callback's identity (id, source, dedupe key, received_at); None if the answer says the
-        task does not exist. Raises PayloadError if the answer cannot be read."""
+        """What the status API's JSON says about the task, as an event (the cross-checker
+        gives it the callback's identity: id, source, dedupe key, received_at); None if the
+        answer says the task does not exist. Raises PayloadError if the answer cannot be read."""

@@ -11,9 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from relay.errors import PayloadError, VerificationError
+from relay.errors import PayloadError
 from relay.events import TaskError, TaskEvent
 from relay.providers.base import Ignored, Inbound
 from relay.providers.common import (
@@ -22,8 +20,8 @@ from relay.providers.common import (
     parse_time,
     redact,
     redact_in_place,
-    secrets_equal,
 )
+from relay.providers.kit import build_event, check_secret_header
 from relay.routing.model import SourceConfig
 
 SECRET_HEADER = "x-webhook-secret"
@@ -85,16 +83,7 @@ class GoapiAccountProvider:
         body's ``time`` is when the account event happened, not when it was sent, and a replayed
         notification has the same (type, time) and is dropped as a duplicate anyway.
         """
-        secret = inbound.config.secret
-        if secret is None:
-            if inbound.config.token is None:
-                raise VerificationError("source: has neither a secret nor a token")
-            return
-        given = inbound.headers.get(SECRET_HEADER)
-        if not given:
-            raise VerificationError(f"{SECRET_HEADER} header missing")
-        if not secrets_equal(secret.get_secret_value(), given):
-            raise VerificationError(f"{SECRET_HEADER} does not match")
+        check_secret_header(inbound, SECRET_HEADER)
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn one account notification into an alert TaskEvent.
@@ -113,8 +102,8 @@ class GoapiAccountProvider:
             raise PayloadError("time: missing or not a unix time in seconds")
         when = str(int(seconds)) if seconds.is_integer() else repr(seconds)
         message = get_str(payload, "message") or KNOWN_TYPES.get(kind) or kind
-        try:
-            return TaskEvent(
+        return build_event(
+            dict(
                 id=event_id,
                 source=inbound.source,
                 provider=self.name,
@@ -133,9 +122,7 @@ class GoapiAccountProvider:
                 # Last: it consumes the payload, every field above is read already.
                 raw=redact_in_place(payload),
             )
-        except ValidationError as exc:
-            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
-            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+        )
 
 
 def _detail(detail: Any) -> str | None:

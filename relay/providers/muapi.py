@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
-
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
@@ -26,6 +24,7 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
 )
+from relay.providers.kit import api_key, build_event, percent
 from relay.providers.muapi_outputs import read_outputs
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
@@ -76,7 +75,7 @@ class MuapiProvider:
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/api/v1/predictions/{task_id}/result with our x-api-key."""
         base = config.api_url or self.default_api_url
-        key = config.api_key.get_secret_value() if config.api_key else ""
+        key = api_key(config)
         return StatusRequest(
             f"{base}/api/v1/predictions/{quote(task_id, safe='')}/result", {"x-api-key": key}
         )
@@ -107,9 +106,7 @@ class MuapiProvider:
         trusted = self.normalize(inbound, prediction, callback.id)
         if isinstance(trusted, Ignored):
             return None
-        return trusted.model_copy(
-            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
-        )
+        return trusted
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn a MuAPI callback into a TaskEvent.
@@ -128,8 +125,8 @@ class MuapiProvider:
             raise PayloadError("status: missing or not a string")
         # Unknown statuses are new intermediate states more often than new final ones.
         status = STATUS_MAP.get(provider_status.lower(), "processing")
-        try:
-            return TaskEvent(
+        return build_event(
+            dict(
                 id=event_id,
                 source=inbound.source,
                 provider=self.name,
@@ -139,7 +136,7 @@ class MuapiProvider:
                 test=False,
                 status=status,
                 provider_status=provider_status,
-                progress=_progress(prediction.get("progress"), status),
+                progress=percent(prediction.get("progress"), status),
                 final=status in FINAL_STATUSES,
                 outputs=read_outputs(prediction),
                 error=_error(prediction.get("error")),
@@ -151,9 +148,7 @@ class MuapiProvider:
                 # Last: it consumes the payload, every field above is read already.
                 raw=redact_in_place(payload),
             )
-        except ValidationError as exc:
-            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
-            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+        )
 
 
 def _prediction(payload: dict[str, Any]) -> dict[str, Any]:
@@ -171,15 +166,6 @@ def _task_id(payload: dict[str, Any]) -> str | None:
         if task_id is not None:
             return task_id
     return None
-
-
-def _progress(value: Any, status: Status) -> int | None:
-    if status == "succeeded":
-        return 100
-    number = as_float(value)
-    if number is None:
-        return None
-    return round(min(100.0, max(0.0, number)))
 
 
 def _error(error: Any) -> TaskError | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from relay.events import Output, OutputKind
 from relay.providers.common import KIND_BY_EXTENSION, get_list, get_str, s3_expiry
+from relay.providers.kit import web_url
 
 # Extensions media endpoints produce that the shared table does not know.
 EXTRA_EXTENSIONS: dict[str, OutputKind] = {
@@ -137,7 +138,7 @@ def _output(entry: Any, hint: OutputKind | None, nsfw: bool | None) -> Output | 
     if not isinstance(entry, dict):
         return None
     for key, key_kind in URL_KEYS:
-        url = _web_url(entry.get(key))
+        url = web_url(entry.get(key))
         if url is not None:
             # The entry's own type (a MIME type or a kind) beats the key and the extension.
             own = _kind_of_type(get_str(entry, "type") or get_str(entry, "content_type"))
@@ -178,11 +179,3 @@ def _kind_of_type(value: str | None) -> OutputKind | None:
         "3d": "model3d",
     }
     return kinds.get(head)
-
-
-def _web_url(value: Any) -> str | None:
-    # Only web URLs: anything else is not something a channel can link to.
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    return url if url.lower().startswith(_WEB) else None

@@ -14,19 +14,17 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import ValidationError
-
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
 from relay.providers.common import (
     REDACTED,
-    as_float,
     get_dict,
     get_str,
     parse_time,
     redact_in_place,
 )
+from relay.providers.kit import api_key, build_event, percent
 from relay.providers.novita_outputs import read_outputs
 from relay.providers.unsigned import require_token, token_only_problems
 from relay.routing.model import SourceConfig
@@ -72,7 +70,7 @@ class NovitaProvider:
         """GET {api_url}/v3/async/task-result?task_id={task_id} with our key as a Bearer
         token; the id is encoded into the query string."""
         base = config.api_url or self.default_api_url
-        key = config.api_key.get_secret_value() if config.api_key else ""
+        key = api_key(config)
         query = urlencode({"task_id": task_id})
         return StatusRequest(
             f"{base}/v3/async/task-result?{query}", {"Authorization": f"Bearer {key}"}
@@ -102,9 +100,7 @@ class NovitaProvider:
         trusted = self.normalize(inbound, wrapped, callback.id)
         if isinstance(trusted, Ignored):
             return None
-        return trusted.model_copy(
-            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
-        )
+        return trusted
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn an ``ASYNC_TASK_RESULT`` body into a TaskEvent; ignore other event types.
@@ -142,8 +138,8 @@ class NovitaProvider:
         created_at = parse_time(_get(debug, "submit_time_ms"))
         finished_at = parse_time(_get(debug, "complete_time_ms"))
         reason = get_str(task, "reason")
-        try:
-            return TaskEvent(
+        return build_event(
+            dict(
                 id=event_id,
                 source=inbound.source,
                 provider=self.name,
@@ -168,11 +164,7 @@ class NovitaProvider:
                 # Last: it consumes the payload, every field above is read already.
                 raw=_redacted(payload, _known_tokens(inbound)),
             )
-        except ValidationError as exc:
-            # Our own readers should only pass valid values; if one slips through, the caller
-            # still gets a 400 naming the field, not a 500.
-            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
-            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+        )
 
 
 def redact_hook_url(url: str, tokens: tuple[str, ...] = ()) -> str:
@@ -250,10 +242,7 @@ def _progress(task: dict[str, Any], status: Status) -> int | None:
         return 100
     if status not in ("pending", "processing"):
         return None
-    value = as_float(task.get("progress_percent"))
-    if value is None:
-        return None
-    return round(min(100.0, max(0.0, value)))
+    return percent(task.get("progress_percent"), status)
 
 
 def _duration(created_at: datetime | None, finished_at: datetime | None) -> float | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from relay.events import Output, OutputKind
 from relay.providers.common import as_float, get_list, get_str, s3_expiry
+from relay.providers.kit import web_url
 
 # (list in the payload, key of the URL, key of its ttl, the kind): one entry per media list.
 MEDIA_LISTS: tuple[tuple[str, str, str, OutputKind], ...] = (
@@ -31,8 +32,6 @@ MEDIA_LISTS: tuple[tuple[str, str, str, OutputKind], ...] = (
 # A ttl beyond this is not a real lifetime (S3 caps presigned URLs at 7 days), and an unbounded
 # one would overflow datetime arithmetic.
 _MAX_TTL_S = 10 * 365 * 86400
-
-_WEB = ("http://", "https://")
 
 
 def read_outputs(
@@ -82,7 +81,7 @@ def _item_url(item: Any, url_key: str) -> str | None:
     """The web URL of one item. A clean copy beats the documented key, which beats ``url`` and
     a watermarked copy: those are the same file again, and a file is one output."""
     if isinstance(item, str):
-        return _web_url(item)
+        return web_url(item)
     if not isinstance(item, dict):
         return None
     keys = (
@@ -93,15 +92,7 @@ def _item_url(item: Any, url_key: str) -> str | None:
         f"{url_key}_watermark",
         "watermark_url",
     )
-    return next((url for key in keys if (url := _web_url(item.get(key))) is not None), None)
-
-
-def _web_url(value: Any) -> str | None:
-    # Only web URLs: base64 blobs and other schemes are not something a channel can link.
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    return url if url.lower().startswith(_WEB) else None
+    return next((url for key in keys if (url := web_url(item.get(key))) is not None), None)
 
 
 def _nsfw(item: Any) -> bool | None:

@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
-
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
 from relay.providers.base import NO_ALERT_PHRASES, Ignored, Inbound, StatusRequest
@@ -22,8 +20,8 @@ from relay.providers.common import (
     get_str,
     parse_time,
     redact_in_place,
-    secrets_equal,
 )
+from relay.providers.kit import api_key, build_event, check_secret_header, percent
 from relay.providers.unified_outputs import collect_outputs
 from relay.routing.model import SourceConfig
 
@@ -84,21 +82,12 @@ class UnifiedProvider:
         A source without a secret must have a token, which the endpoint has already checked in
         the URL. A source with neither is refused rather than left open.
         """
-        secret = inbound.config.secret
-        if secret is None:
-            if inbound.config.token is None:
-                raise VerificationError("source: has neither a secret nor a token")
-            return
-        given = inbound.headers.get(SECRET_HEADER)
-        if not given:
-            raise VerificationError(f"{SECRET_HEADER} header missing")
-        if not secrets_equal(secret.get_secret_value(), given):
-            raise VerificationError(f"{SECRET_HEADER} does not match")
+        check_secret_header(inbound, SECRET_HEADER)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/api/v1/task/{task_id} with our x-api-key."""
         base = config.api_url or self.default_api_url
-        key = config.api_key.get_secret_value() if config.api_key else ""
+        key = api_key(config)
         return StatusRequest(f"{base}/api/v1/task/{quote(task_id, safe='')}", {"x-api-key": key})
 
     def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
@@ -116,9 +105,7 @@ class UnifiedProvider:
         trusted = self.normalize(inbound, wrapped, callback.id)
         if isinstance(trusted, Ignored):
             return None
-        return trusted.model_copy(
-            update={"dedupe_key": callback.dedupe_key, "received_at": callback.received_at}
-        )
+        return trusted
 
     def normalize(self, inbound: Inbound, payload: Any, event_id: str) -> TaskEvent | Ignored:
         """Turn a unified-schema callback into a TaskEvent.
@@ -176,13 +163,7 @@ class UnifiedProvider:
             # Last: it consumes the payload, every field above is read already.
             "raw": redact_in_place(payload),
         }
-        try:
-            return TaskEvent.model_validate(fields)
-        except ValidationError as exc:
-            # Our own readers should only pass valid values; if one slips through, the caller
-            # still gets a 400 naming the field, not a 500.
-            where = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else ""
-            raise PayloadError(f"{where or 'body'}: not a valid value") from exc
+        return build_event(fields)
 
 
 def _checked_timestamp(payload: dict[str, Any], inbound: Inbound) -> str:
@@ -227,9 +208,9 @@ def _progress(output: Any, status: Status) -> int | None:
     if not isinstance(output, dict):
         return None
     for key in PROGRESS_KEYS:
-        value = as_float(output.get(key))
+        value = percent(output.get(key), status)
         if value is not None:
-            return round(min(100.0, max(0.0, value)))
+            return value
     return None
 
 

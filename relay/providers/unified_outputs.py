@@ -21,6 +21,7 @@ from typing import Any
 
 from relay.events import OutputKind
 from relay.providers.common import as_float, get_dict, get_list, get_str, kind_from_url, s3_expiry
+from relay.providers.kit import web_url
 
 # Output keys that hold URLs of one kind (or of a kind read from the URL when None), read after
 # the family-specific shapes; a string, an object with a URL, or a list (or map) of either.
@@ -68,16 +69,6 @@ THREE_D_EXTRAS: tuple[tuple[str, OutputKind], ...] = (
 
 # Midjourney numbers its four describe prompts with keycap emoji: 1️⃣ 2️⃣ 3️⃣ 4️⃣.
 _KEYCAP = re.compile("[0-9#*]\ufe0f?\u20e3")
-
-_WEB = ("http://", "https://")
-
-
-def web_url(value: Any) -> str | None:
-    """``value`` stripped when it is a non-empty http(s) URL, else ``None``."""
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    return url if url.lower().startswith(_WEB) else None
 
 
 def collect_outputs(output: Any) -> list[dict[str, Any]]:

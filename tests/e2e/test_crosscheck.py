@@ -152,6 +152,14 @@ async def test_a_confirmed_task_is_delivered_as_the_provider_describes_it(
     assert [o["url"] for o in sent["data"]["outputs"]] == ["https://cdn.example/true.mp4"]
     assert "evil.example" not in downstream.received[0].body.decode()
     assert status_api.seen == [(f"/api/v1/task/{truth['task_id']}", API_KEY)]
+    # Under the callback's identity: its event id, its source, when it arrived.
+    assert sent["data"]["id"] == r.json()["event_id"]
+    assert sent["data"]["source"] == "goapi"
+    assert sent["data"]["dedupe_key"] == f"goapi:{truth['task_id']}:succeeded"
+
+    # The same callback again (a provider retry) is a duplicate of that event.
+    again = await post(relay, body)
+    assert again.json() == {"event_id": r.json()["event_id"], "duplicate": True, "deliveries": 0}
 
 
 async def test_a_task_the_provider_does_not_know_is_refused_as_forged(

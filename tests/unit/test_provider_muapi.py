@@ -516,18 +516,15 @@ def test_status_request_quotes_the_task_id_into_the_configured_api_url() -> None
     )
 
 
-def test_from_status_is_what_the_provider_says_with_the_callbacks_identity() -> None:
+def test_from_status_is_what_the_provider_says() -> None:
     callback = callback_event()
     answer = body(outputs=["https://cdn.example/true.png"], cost={"amount_usd": 0.01})
     trusted = MuapiProvider().from_status(inbound(answer), answer, callback)
     assert trusted is not None
     assert [o.url for o in trusted.outputs] == ["https://cdn.example/true.png"]
     assert trusted.usage == {"amount_usd": 0.01}
-    assert (trusted.id, trusted.dedupe_key, trusted.received_at) == (
-        callback.id,
-        callback.dedupe_key,
-        callback.received_at,
-    )
+    # The callback's identity (dedupe key, arrival) is the cross-checker's to give.
+    assert trusted.id == callback.id
 
 
 def test_from_status_reads_an_answer_without_id_and_a_wrapped_one() -> None:
@@ -564,5 +561,4 @@ def test_from_status_any_json_gives_event_none_or_payload_error(answer: Any) -> 
         return
     if result is not None:
         assert result.task_id == callback.task_id
-        assert result.dedupe_key == callback.dedupe_key
         TaskEvent.model_validate_json(result.model_dump_json())
