@@ -27,7 +27,7 @@ from relay.providers.common import (
     redact_in_place,
 )
 from relay.providers.kit import api_key, build_event, percent
-from relay.providers.unsigned import require_token, token_only_problems
+from relay.providers.unsigned import TokenOnly
 from relay.routing.model import SourceConfig
 
 # APIMart documents pending, processing, completed, failed and cancelled; it pushes only the last
@@ -62,7 +62,7 @@ DEFAULT_API_URL = "https://api.apimart.ai"
 _UNAVAILABLE_CODES: frozenset[int] = frozenset({401, 403, 429})
 
 
-class ApimartProvider:
+class ApimartProvider(TokenOnly):
     """The adapter for APIMart task callbacks."""
 
     name = "apimart"
@@ -71,14 +71,6 @@ class ApimartProvider:
     alert_phrases = NO_ALERT_PHRASES
     # GET /v1/tasks/{id} with ``Authorization: Bearer <key>``.
     default_api_url = DEFAULT_API_URL
-
-    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
-        """A URL token is required; a secret is refused because nothing would ever check it."""
-        return token_only_problems("APIMart", config)
-
-    def authenticate(self, inbound: Inbound) -> None:
-        """Nothing is signed: the URL token, checked again in constant time."""
-        require_token("APIMart", inbound)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/v1/tasks/{task_id} with our key as a Bearer token."""

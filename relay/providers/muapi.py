@@ -26,7 +26,7 @@ from relay.providers.common import (
 )
 from relay.providers.kit import api_key, build_event, percent
 from relay.providers.muapi_outputs import read_outputs
-from relay.providers.unsigned import require_token, token_only_problems
+from relay.providers.unsigned import TokenOnly
 from relay.routing.model import SourceConfig
 
 # MuAPI documents queued, pending, processing, completed, failed and cancelled; its webhook fires
@@ -54,7 +54,7 @@ ID_KEYS: tuple[str, ...] = ("id", "request_id")
 DEFAULT_API_URL = "https://api.muapi.ai"
 
 
-class MuapiProvider:
+class MuapiProvider(TokenOnly):
     """The adapter for MuAPI prediction callbacks."""
 
     name = "muapi"
@@ -63,14 +63,6 @@ class MuapiProvider:
     alert_phrases = NO_ALERT_PHRASES
     # GET /api/v1/predictions/{id}/result with ``x-api-key``.
     default_api_url = DEFAULT_API_URL
-
-    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
-        """A URL token is required; a secret is refused because nothing would ever check it."""
-        return token_only_problems("MuAPI", config)
-
-    def authenticate(self, inbound: Inbound) -> None:
-        """Nothing is signed: the URL token, checked again in constant time."""
-        require_token("MuAPI", inbound)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/api/v1/predictions/{task_id}/result with our x-api-key."""

@@ -26,7 +26,7 @@ from relay.providers.common import (
 )
 from relay.providers.kit import api_key, build_event, percent
 from relay.providers.novita_outputs import read_outputs
-from relay.providers.unsigned import require_token, token_only_problems
+from relay.providers.unsigned import TokenOnly
 from relay.routing.model import SourceConfig
 
 RESULT_EVENT = "ASYNC_TASK_RESULT"
@@ -44,7 +44,7 @@ DEFAULT_API_URL = "https://api.novita.ai"
 _HOOKS_SEGMENT = "hooks"
 
 
-class NovitaProvider:
+class NovitaProvider(TokenOnly):
     """The adapter for Novita's ``ASYNC_TASK_RESULT`` webhook.
 
     Only ``ASYNC_TASK_RESULT`` events become TaskEvents; any other ``event_type`` is
@@ -57,14 +57,6 @@ class NovitaProvider:
     alert_phrases = NO_ALERT_PHRASES
     # GET /v3/async/task-result?task_id={id} with ``Authorization: Bearer <key>``.
     default_api_url = DEFAULT_API_URL
-
-    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
-        """A URL token is required; a secret is refused because nothing would ever check it."""
-        return token_only_problems("Novita", config)
-
-    def authenticate(self, inbound: Inbound) -> None:
-        """Nothing is signed: the URL token, checked again in constant time."""
-        require_token("Novita", inbound)
 
     def status_request(self, config: SourceConfig, task_id: str) -> StatusRequest:
         """GET {api_url}/v3/async/task-result?task_id={task_id} with our key as a Bearer

@@ -32,3 +32,18 @@ def require_token(label: str, inbound: Inbound) -> None:
         raise VerificationError(f"source: {label} needs a token in its URL")
     if not secrets_equal(token.get_secret_value(), inbound.path_token):
         raise VerificationError("token does not match")
+
+
+class TokenOnly:
+    """The verification half of a provider that signs nothing, for its adapter to inherit:
+    the URL token is required, checked again in constant time, and a secret is refused."""
+
+    display_name: str
+
+    def check_source(self, config: SourceConfig) -> list[tuple[str | None, str]]:
+        """A URL token is required; a secret is refused because nothing would ever check it."""
+        return token_only_problems(self.display_name, config)
+
+    def authenticate(self, inbound: Inbound) -> None:
+        """Nothing is signed: the URL token, checked again in constant time."""
+        require_token(self.display_name, inbound)
