@@ -20,6 +20,7 @@ from relay.errors import (
     StoreUnavailableError,
     TransientDeliveryError,
 )
+from relay.metrics import Metrics
 from relay.retry import RetryPolicy
 from relay.store.base import Claim, Outcome, Store
 
@@ -33,6 +34,8 @@ class Routing:
     channels: Mapping[str, Channel]
     policies: Mapping[str, RetryPolicy]
     default_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # Each destination's type (webhook, slack, email), for the metrics.
+    types: Mapping[str, str] = field(default_factory=dict)
 
     def policy(self, destination: str) -> RetryPolicy:
         return self.policies.get(destination, self.default_policy)
@@ -64,8 +67,10 @@ class Dispatcher:
         concurrency: int = 64,
         lease_seconds: float = 60.0,
         idle_seconds: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._routing = routing
         self._clock = clock
         self._batch_size = batch_size
@@ -176,7 +181,7 @@ class Dispatcher:
             outcome = self._after_failure(
                 claim, PermanentDeliveryError(f"internal error: {type(exc).__name__}"), routing
             )
-        await self._record(claim, outcome, started)
+        await self._record(claim, outcome, started, routing.types.get(claim.destination, ""))
 
     def _after_failure(self, claim: Claim, error: DeliveryError, routing: Routing) -> Outcome:
         policy = routing.policy(claim.destination)
@@ -186,7 +191,7 @@ class Dispatcher:
             return Outcome("dead", f"{error.reason} ({why})")
         return Outcome("pending", error.reason, next_at)
 
-    async def _record(self, claim: Claim, outcome: Outcome, started: float) -> None:
+    async def _record(self, claim: Claim, outcome: Outcome, started: float, kind: str) -> None:
         try:
             # Shielded: a shutdown that cancels us must not lose the outcome of a sent message.
             kept = await asyncio.shield(self._store.finish(claim, outcome, started, self._clock()))
@@ -196,8 +201,14 @@ class Dispatcher:
             return
         if not kept:
             self.stats.lost_leases += 1
+            if self._metrics is not None:
+                self._metrics.lease_losses.inc()
             log.warning("dispatcher: lease on %s was lost before recording", claim.delivery_id)
             return
+        if self._metrics is not None:
+            self._metrics.attempt(
+                claim.destination, kind, _outcome_name(outcome), self._clock() - started
+            )
         if outcome.state == "delivered":
             self.stats.delivered += 1
         elif outcome.deferred:
@@ -220,3 +231,10 @@ class Dispatcher:
                 claim.destination,
                 outcome.detail,
             )
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    """delivered, retried, deferred (paced, no attempt spent) or dead."""
+    if outcome.deferred:
+        return "deferred"
+    return "retried" if outcome.state == "pending" else outcome.state

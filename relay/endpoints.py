@@ -1,4 +1,4 @@
-"""The HTTP endpoints besides /hooks/ (see ``relay.hooks``): health and readiness."""
+"""The HTTP endpoints besides /hooks/ (see ``relay.hooks``): health, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.errors import StoreUnavailableError
+from relay.metrics import CONTENT_TYPE
 from relay.runtime import Runtime
 
 
@@ -38,9 +39,16 @@ async def readyz(request: Request) -> Response:
     )
 
 
+async def metrics(request: Request) -> Response:
+    """The process's metrics in the Prometheus text format."""
+    runtime = _state(request)
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+
 def routes() -> list[Route]:
     """Everything but /hooks/, which ``relay.hooks`` serves before these routes are tried."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,6 +23,7 @@ from relay.errors import (
     StoreUnavailableError,
     UpstreamUnavailableError,
 )
+from relay.metrics import UNKNOWN_SOURCE
 from relay.providers.base import Ignored
 from relay.receiver import Quarantined, Request
 from relay.runtime import Runtime
@@ -62,13 +64,31 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
+# The reason class of each refusal, for the metrics.
+_REFUSED = {
+    401: "refused_auth",
+    400: "refused_payload",
+    404: "refused_unknown_source",
+    413: "refused_too_large",
+}
+
+
 async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
+    where = parse_path(scope["path"])
+    known = where is not None and where[0] in state.rulebook.rules.sources
+    source = where[0] if where is not None and known else UNKNOWN_SOURCE
+
+    def count(outcome: str) -> None:
+        state.metrics.callback(source, outcome, time.perf_counter() - started)
+
     if scope["method"] != "POST":
         await respond(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
+        count("refused_method")
         return
-    where = parse_path(scope["path"])
     if where is None:
         await respond(send, 404, {"error": f"no hook at {scope['path']}"})
+        count("refused_unknown_source")
         return
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     query = scope.get("query_string", b"")
@@ -91,10 +111,12 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
         if exc.status != 404:
             log.info("refused %s: %d %s", scope["path"], exc.status, exc.reason)
         await respond(send, exc.status, {"error": exc.reason})
+        count(_REFUSED.get(exc.status, "refused_payload"))
         return
     except UpstreamUnavailableError as exc:
         log.warning("cross-check failed, answered 503: %s", exc)
         await respond(send, 503, {"error": str(exc)}, [(b"retry-after", b"5")])
+        count("crosscheck_unavailable")
         return
     except StoreUnavailableError as exc:
         # 503, never 4xx: providers such as APIMart give up at once on a 4xx.
@@ -102,6 +124,7 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
         await respond(
             send, 503, {"error": "store unavailable, retry later"}, [(b"retry-after", b"5")]
         )
+        count("store_unavailable")
         return
     except Exception:
         log.exception("unhandled error on %s", scope["path"])
@@ -109,9 +132,11 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
         return
     if isinstance(result, Ignored):
         await respond(send, 200, {"ignored": result.reason})
+        count("ignored")
     elif isinstance(result, Quarantined):
         # 200: it is stored, and a 4xx would make the provider give it up for good.
         await respond(send, 200, {"quarantined": result.quarantine_id, "reason": result.reason})
+        count("quarantined")
     else:
         await respond(
             send,
@@ -122,6 +147,7 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
                 "deliveries": result.deliveries,
             },
         )
+        count("duplicate" if result.duplicate else "accepted")
 
 
 async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:

@@ -21,6 +21,7 @@ from relay.errors import (
 )
 from relay.events import TaskEvent
 from relay.ids import IdFactory
+from relay.metrics import Metrics
 from relay.providers.base import Ignored, Inbound
 from relay.providers.common import is_sensitive_key, redact_in_place, scrub_literal_in_place
 from relay.routing.router import Target, route
@@ -69,6 +70,7 @@ class Receiver:
         on_stored: Callable[[], None] | None = None,
         ids: Callable[[str], str] | None = None,
         crosscheck: CrossChecker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._rulebook = rulebook
         self._store = store
@@ -77,6 +79,7 @@ class Receiver:
         self._on_stored = on_stored
         self._ids = ids if ids is not None else IdFactory(clock)
         self._crosscheck = crosscheck
+        self._metrics = metrics
 
     def inbound(self, request: Request) -> Inbound:
         """Find the source and check the URL token and client address."""
@@ -213,6 +216,8 @@ class Receiver:
             for t in targets
         ]
         stored = await self._store.ingest(result, deliveries)
+        if result.final and not stored.duplicate and self._metrics is not None:
+            self._metrics.task(result.provider, result.model, result.status)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()
         if log.isEnabledFor(logging.INFO):  # the line's arguments cost a share of a callback

@@ -62,7 +62,7 @@ class RuleBook:
             for name, dest in rules.destinations.items()
             if dest.retry is not None
         }
-        return Routing(channels, policies)
+        return Routing(channels, policies, types={n: d.type for n, d in rules.destinations.items()})
 
     def reload(self) -> list[str]:
         """Load the rules again. On any problem keep the current ones and return the problems."""

@@ -21,6 +21,7 @@ from relay.channels import ChannelFactory, default_channel_types
 from relay.channels.base import ChannelDeps
 from relay.crosscheck import CrossChecker
 from relay.dispatcher import Dispatcher
+from relay.metrics import Metrics
 from relay.providers import default_providers
 from relay.providers.base import Provider
 from relay.receiver import Receiver
@@ -44,6 +45,7 @@ class Runtime:
     dispatcher: Dispatcher | None
     http: aiohttp.ClientSession
     clock: Callable[[], float]
+    metrics: Metrics
 
 
 def provider_names(providers: Mapping[str, Provider]) -> ProviderNames:
@@ -107,6 +109,7 @@ async def build_runtime(
         # After the rules: broken rules are reported without touching (or creating) a database.
         await the_store.open()
         stack.push_async_callback(the_store.close)
+        metrics = Metrics()
         dispatcher = None
         if delivering:
             dispatcher = Dispatcher(
@@ -115,6 +118,7 @@ async def build_runtime(
                 clock=clock,
                 concurrency=settings.concurrency,
                 lease_seconds=settings.lease_seconds,
+                metrics=metrics,
             )
         receiver = Receiver(
             rulebook,
@@ -123,5 +127,6 @@ async def build_runtime(
             max_depth=settings.max_depth,
             on_stored=dispatcher.wake if dispatcher else None,
             crosscheck=CrossChecker(lookups),
+            metrics=metrics,
         )
-        yield Runtime(settings, the_store, rulebook, receiver, dispatcher, http, clock)
+        yield Runtime(settings, the_store, rulebook, receiver, dispatcher, http, clock, metrics)
