@@ -7,8 +7,13 @@ dispatcher counts every attempt by destination, destination type and outcome and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from relay import __version__
 
@@ -35,6 +40,28 @@ _ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # Sources that are not in the rules share one label value: a scanner must not be able to
 # create a time series per path it tries.
 UNKNOWN_SOURCE = "(unknown)"
+
+
+class RetriesConflicts(Protocol):
+    """A store that retries deadlocks and serialization failures itself (PostgreSQL)."""
+
+    @property
+    def conflict_retries(self) -> int: ...
+
+
+class _StoreCollector(Collector):
+    """The store's own count of conflict retries, read at each scrape."""
+
+    def __init__(self, store: RetriesConflicts) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "relay_store_conflict_retries",
+            "Deadlocks and serialization failures the store retried before any caller saw them.",
+        )
+        family.add_metric([], float(self._store.conflict_retries))
+        yield family
 
 
 class Metrics:
@@ -82,6 +109,11 @@ class Metrics:
         )
         build = Gauge("relay_build_info", "The relay version; always 1.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
+
+    def watch_store(self, store: object) -> None:
+        """Expose the store's conflict retries, where the store counts them."""
+        if hasattr(store, "conflict_retries"):
+            self.registry.register(_StoreCollector(store))
 
     def callback(self, source: str, outcome: str, seconds: float) -> None:
         self.callbacks.labels(source=source, outcome=outcome).inc()

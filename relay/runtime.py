@@ -110,6 +110,7 @@ async def build_runtime(
         await the_store.open()
         stack.push_async_callback(the_store.close)
         metrics = Metrics()
+        metrics.watch_store(the_store)
         dispatcher = None
         if delivering:
             dispatcher = Dispatcher(
