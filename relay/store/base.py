@@ -6,7 +6,8 @@ The store only persists: it never sends and never decides retries. Times are uni
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
@@ -121,6 +122,34 @@ class QuarantinedCallback:
     state: QuarantineState = "quarantined"
     event_id: str | None = None
     updated_at: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> QuarantinedCallback:
+        """One row of ``QUARANTINE_COLUMNS``, from either database: headers and query come as
+        JSON text (SQLite) or already decoded (PostgreSQL's JSONB)."""
+        (id_, source, provider, received, reason, body, headers, query, ip, state, event, ua) = row
+        return cls(
+            id=id_,
+            source=source,
+            provider=provider,
+            received_at=received,
+            reason=reason,
+            body=bytes(body),
+            headers=json.loads(headers) if isinstance(headers, str) else headers,
+            query=json.loads(query) if isinstance(query, str) else query,
+            client_ip=ip,
+            state=state,  # the table's CHECK constraint guarantees it
+            event_id=event,
+            updated_at=ua,
+        )
+
+
+# The columns ``QuarantinedCallback.from_row`` reads, in its order; both backends' queries.
+QUARANTINE_COLUMNS = """
+    SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
+        event_id, updated_at
+    FROM quarantine
+"""
 
 
 # Channel state records: what channels keep under ``ChannelState``, one type per shape. The

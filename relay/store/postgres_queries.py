@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import (
+    QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
     DeliveryRecord,
@@ -28,7 +29,6 @@ from relay.store.base import (
     NewDelivery,
     Outcome,
     QuarantinedCallback,
-    QuarantineState,
 )
 
 Conn = AsyncConnection[TupleRow]
@@ -570,31 +570,6 @@ async def list_events(conn: Conn, *, limit: int) -> list[TaskEvent]:
     return [TaskEvent.model_validate_json(row[0]) for row in await cur.fetchall()]
 
 
-_QUARANTINE_COLUMNS = """
-    SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
-        event_id, updated_at
-    FROM quarantine
-"""
-
-
-def _quarantined(row: TupleRow) -> QuarantinedCallback:
-    (id_, source, provider, received, reason, body, headers, query, ip, state, event, ua) = row
-    return QuarantinedCallback(
-        id=id_,
-        source=source,
-        provider=provider,
-        received_at=received,
-        reason=reason,
-        body=bytes(body),
-        headers=headers,
-        query=query,
-        client_ip=ip,
-        state=cast(QuarantineState, state),  # the table's CHECK constraint guarantees it
-        event_id=event,
-        updated_at=ua,
-    )
-
-
 async def quarantine(conn: Conn, *, callback: QuarantinedCallback) -> None:
     c = callback
     await conn.execute(
@@ -622,15 +597,15 @@ async def list_quarantined(
     conn: Conn, *, limit: int, include_reprocessed: bool
 ) -> list[QuarantinedCallback]:
     where = "" if include_reprocessed else "WHERE state = 'quarantined'"
-    sql = f"{_QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, seq DESC LIMIT %s"
+    sql = f"{QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, seq DESC LIMIT %s"
     cur = await conn.execute(sql, (limit,))
-    return [_quarantined(row) for row in await cur.fetchall()]
+    return [QuarantinedCallback.from_row(row) for row in await cur.fetchall()]
 
 
 async def get_quarantined(conn: Conn, *, quarantine_id: str) -> QuarantinedCallback | None:
-    cur = await conn.execute(f"{_QUARANTINE_COLUMNS} WHERE id = %s", (quarantine_id,))
+    cur = await conn.execute(f"{QUARANTINE_COLUMNS} WHERE id = %s", (quarantine_id,))
     row = await cur.fetchone()
-    return None if row is None else _quarantined(row)
+    return None if row is None else QuarantinedCallback.from_row(row)
 
 
 async def settle_quarantined(

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, cast
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import (
+    QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
     DeliveryRecord,
@@ -24,7 +25,6 @@ from relay.store.base import (
     NewDelivery,
     Outcome,
     QuarantinedCallback,
-    QuarantineState,
 )
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
@@ -524,31 +524,6 @@ def list_events(conn: sqlite3.Connection, limit: int) -> list[TaskEvent]:
     return [TaskEvent.model_validate_json(row[0]) for row in conn.execute(sql, (limit,))]
 
 
-_QUARANTINE_COLUMNS = """
-    SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
-        event_id, updated_at
-    FROM quarantine
-"""
-
-
-def _quarantined(row: tuple[Any, ...]) -> QuarantinedCallback:
-    (id_, source, provider, received, reason, body, headers, query, ip, state, event, ua) = row
-    return QuarantinedCallback(
-        id=id_,
-        source=source,
-        provider=provider,
-        received_at=received,
-        reason=reason,
-        body=bytes(body),
-        headers=json.loads(headers),
-        query=json.loads(query),
-        client_ip=ip,
-        state=cast(QuarantineState, state),  # the table's CHECK constraint guarantees it
-        event_id=event,
-        updated_at=ua,
-    )
-
-
 def quarantine(conn: sqlite3.Connection, callback: QuarantinedCallback) -> None:
     c = callback
     conn.execute(
@@ -576,13 +551,13 @@ def list_quarantined(
     conn: sqlite3.Connection, limit: int, include_reprocessed: bool
 ) -> list[QuarantinedCallback]:
     where = "" if include_reprocessed else "WHERE state = 'quarantined'"
-    sql = f"{_QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, rowid DESC LIMIT ?"
-    return [_quarantined(row) for row in conn.execute(sql, (limit,))]
+    sql = f"{QUARANTINE_COLUMNS} {where} ORDER BY received_at DESC, rowid DESC LIMIT ?"
+    return [QuarantinedCallback.from_row(row) for row in conn.execute(sql, (limit,))]
 
 
 def get_quarantined(conn: sqlite3.Connection, quarantine_id: str) -> QuarantinedCallback | None:
-    row = conn.execute(f"{_QUARANTINE_COLUMNS} WHERE id = ?", (quarantine_id,)).fetchone()
-    return None if row is None else _quarantined(row)
+    row = conn.execute(f"{QUARANTINE_COLUMNS} WHERE id = ?", (quarantine_id,)).fetchone()
+    return None if row is None else QuarantinedCallback.from_row(row)
 
 
 def settle_quarantined(
