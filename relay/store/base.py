@@ -144,6 +144,77 @@ class QuarantinedCallback:
         )
 
 
+# A page boundary of a newest-first listing: the (time, id) of the last row of the page before.
+# The next page holds the rows strictly older: time earlier, or the same time and a smaller id.
+Cursor = tuple[float, str]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events ``find_events`` lists; None matches anything. ``since``/``until`` bound
+    ``received_at`` (since <= received_at < until)."""
+
+    source: str | None = None
+    provider: str | None = None
+    status: str | None = None
+    task_id: str | None = None
+    model: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries ``find_deliveries`` lists; None matches anything. ``since``/``until``
+    bound ``created_at`` (since <= created_at < until): when its event came in, or when a
+    re-route added it."""
+
+    state: DeliveryState | None = None
+    destination: str | None = None
+    event_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The delivery queue as every replica sees it (read from the store at each scrape).
+
+    ``depth``: how many deliveries are pending, sending or dead, by (destination, state);
+    pairs with none are left out. ``oldest_due``: the ``next_attempt_at`` of the longest
+    overdue pending delivery (due at or before ``now``), or None if none is overdue.
+    """
+
+    depth: Mapping[tuple[str, str], int]
+    oldest_due: float | None
+
+
+@dataclass(frozen=True)
+class RejectedRequest:
+    """A refused callback, kept so an integrator can be told why it did not arrive.
+
+    ``path`` has any URL token masked; ``excerpt`` is the start of the body with secrets
+    redacted; ``source`` is the configured source it named, or "(unknown)".
+    """
+
+    source: str
+    received_at: float
+    client_ip: str | None
+    path: str
+    status: int
+    reason: str
+    excerpt: str
+
+
+@dataclass(frozen=True)
+class PruneCount:
+    """What a retention pass removed (or, counting, would remove)."""
+
+    events: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+
+
 # The columns ``QuarantinedCallback.from_row`` reads, in its order; both backends' queries.
 QUARANTINE_COLUMNS = """
     SELECT id, source, provider, received_at, reason, body, headers, query, client_ip, state,
@@ -347,9 +418,60 @@ class Store(ChannelState, Protocol):
         keep it quarantined under the new ``reason``. False if it is unknown or was already
         reprocessed."""
 
-    async def replay(self, delivery_id: str, now: float) -> bool:
-        """Make a dead delivery pending and due now, with its attempt count reset to 0.
-        False if it does not exist or is not dead."""
+    async def replay(
+        self, delivery_id: str, now: float, *, states: Sequence[DeliveryState] = ("dead",)
+    ) -> bool:
+        """Make a delivery in one of ``states`` (dead, or delivered to send it again) pending
+        and due now, with its attempt count reset to 0. False if it does not exist or is in
+        another state (pending and sending never qualify)."""
+
+    async def find_events(
+        self, where: EventFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        """The events ``where`` matches, newest received first, ordered by (received_at, id)
+        descending; with ``before``, only those after that cursor in this order."""
+
+    async def find_deliveries(
+        self, where: DeliveryFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        """The deliveries ``where`` matches, newest first, ordered by (created_at, id)
+        descending; with ``before``, only those after that cursor in this order."""
+
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        """How many deliveries ``where`` matches (a bulk replay's dry run)."""
+
+    async def add_deliveries(
+        self, event_id: str, deliveries: list[NewDelivery], now: float
+    ) -> bool:
+        """Add deliveries to a stored event (a re-route), due ``now``. False, and nothing
+        added, if there is no such event."""
+
+    async def release(self, claim: Claim, now: float) -> bool:
+        """Give a lease back unfinished (shutdown): pending again, due ``now``, the attempt
+        not counted and no attempt row. False if the lease was already lost."""
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        """The queue's depth by destination and state, and its most overdue delivery."""
+
+    async def record_rejected(self, requests: Sequence[RejectedRequest], keep: int) -> None:
+        """Keep ``requests``; then only the newest ``keep`` of each source are kept."""
+
+    async def list_rejected(
+        self, source: str | None = None, limit: int = 100
+    ) -> list[RejectedRequest]:
+        """Newest first, of one source or all."""
+
+    async def prune(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """Retention: remove up to ``limit`` events received before ``before`` whose every
+        delivery was delivered and last changed before ``before`` (or that have none), with
+        their deliveries and attempts. Events with a pending, sending or dead delivery stay.
+        Reprocessed quarantine rows received before ``before`` go too (not counted).
+        ``dry_run``: count what would go (every match, ``limit`` ignored), remove nothing."""
+
+    async def purge_dead(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """Remove up to ``limit`` dead deliveries that died (last changed) before ``before``,
+        their attempts, and their events once no delivery of the event remains.
+        ``dry_run``: count what would go (every match, ``limit`` ignored), remove nothing."""
 
     async def next_due(self) -> float | None:
         """When the earliest pending delivery or lease falls due, or None if none is waiting.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import itertools
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,13 +20,24 @@ from relay.events import TaskEvent
 from relay.store.base import (
     AttemptRecord,
     Claim,
+    Cursor,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
+    EventFilter,
     IngestResult,
     NewDelivery,
     Outcome,
+    PruneCount,
     QuarantinedCallback,
+    QueueStats,
+    RejectedRequest,
 )
+
+# What replay may start again, whatever it is asked: never a delivery under way or waiting.
+REPLAYABLE: frozenset[DeliveryState] = frozenset({"dead", "delivered"})
+# The states queue_stats counts (delivered ones would grow with the whole history).
+QUEUED: tuple[DeliveryState, ...] = ("pending", "sending", "dead")
 
 
 @dataclass
@@ -63,6 +75,8 @@ class _Data:
     state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pacing: dict[str, float] = field(default_factory=dict)
     quarantine: dict[str, QuarantinedCallback] = field(default_factory=dict)
+    # (insertion number, request): the number breaks ties of received_at, as a sequence would.
+    rejected: list[tuple[int, RejectedRequest]] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -96,28 +110,29 @@ class MemoryStore:
             return IngestResult(event_id=existing, duplicate=True)
         # Ids are ours and unique by construction; a clash is a bug, refused like the
         # database's primary key would refuse it, and nothing is stored.
-        new_ids = [d.id for d in deliveries]
         if event.id in data.events:
             raise StoreUnavailableError(f"store: ingest: event id {event.id} already exists")
-        if len(set(new_ids)) != len(new_ids) or any(i in data.deliveries for i in new_ids):
-            raise StoreUnavailableError("store: ingest: delivery id already exists")
+        _check_new_ids(data, "ingest", deliveries)
         # Store a copy so later changes to the caller's object cannot alter what was stored.
         data.events[event.id] = event.model_copy(deep=True)
         data.by_key[key] = event.id
-        received = event.received_at.timestamp()
+        self._add(data, event.id, deliveries, event.received_at.timestamp())
+        return IngestResult(event_id=event.id, duplicate=False)
+
+    def _add(self, data: _Data, event_id: str, deliveries: list[NewDelivery], at: float) -> None:
+        """New deliveries of ``event_id``, created and due at ``at``, in the order given."""
         for d in deliveries:
             data.deliveries[d.id] = _Delivery(
                 id=d.id,
-                event_id=event.id,
+                event_id=event_id,
                 destination=d.destination,
                 route=d.route,
-                created_at=received,
+                created_at=at,
                 seq=next(self._seq),
                 group=d.group,
-                next_attempt_at=received,
-                updated_at=received,
+                next_attempt_at=at,
+                updated_at=at,
             )
-        return IngestResult(event_id=event.id, duplicate=False)
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         data = self._require("claim")
@@ -177,10 +192,9 @@ class MemoryStore:
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        data = self._require("list deliveries")
-        rows = [d for d in data.deliveries.values() if state is None or d.state == state]
-        rows.sort(key=lambda d: (d.created_at, d.seq), reverse=True)
-        return [self._record(data, d) for d in rows[: max(limit, 0)]]
+        """``find_deliveries`` by state alone: newest first, ties by id."""
+        self._require("list deliveries")
+        return await self.find_deliveries(DeliveryFilter(state=state), limit)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         data = self._require("get delivery")
@@ -197,14 +211,9 @@ class MemoryStore:
         return None if event is None else event.model_copy(deep=True)
 
     async def list_events(self, limit: int = 100) -> list[TaskEvent]:
-        data = self._require("list events")
-        # Insertion order breaks ties between events received at the same instant.
-        rows = sorted(
-            enumerate(data.events.values()),
-            key=lambda pair: (pair[1].received_at, pair[0]),
-            reverse=True,
-        )
-        return [event.model_copy(deep=True) for _, event in rows[: max(limit, 0)]]
+        """``find_events`` of every event: newest received first, ties by id."""
+        self._require("list events")
+        return await self.find_events(EventFilter(), limit)
 
     async def quarantine(self, callback: QuarantinedCallback) -> None:
         data = self._require("quarantine")
@@ -245,10 +254,12 @@ class MemoryStore:
         )
         return True
 
-    async def replay(self, delivery_id: str, now: float) -> bool:
+    async def replay(
+        self, delivery_id: str, now: float, *, states: Sequence[DeliveryState] = ("dead",)
+    ) -> bool:
         data = self._require("replay")
         d = data.deliveries.get(delivery_id)
-        if d is None or d.state != "dead":
+        if d is None or d.state not in REPLAYABLE.intersection(states):
             return False
         # last_error stays: it says why the delivery died until the next attempt says otherwise.
         d.state = "pending"
@@ -256,6 +267,95 @@ class MemoryStore:
         d.next_attempt_at = now
         d.updated_at = now
         return True
+
+    async def find_events(
+        self, where: EventFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        data = self._require("find events")
+        rows = [
+            e
+            for e in data.events.values()
+            if _event_matches(where, e) and (before is None or _event_key(e) < before)
+        ]
+        rows.sort(key=_event_key, reverse=True)
+        return [e.model_copy(deep=True) for e in rows[: max(limit, 0)]]
+
+    async def find_deliveries(
+        self, where: DeliveryFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        data = self._require("find deliveries")
+        rows = [
+            d
+            for d in data.deliveries.values()
+            if _delivery_matches(where, d) and (before is None or (d.created_at, d.id) < before)
+        ]
+        rows.sort(key=lambda d: (d.created_at, d.id), reverse=True)
+        return [self._record(data, d) for d in rows[: max(limit, 0)]]
+
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        data = self._require("count deliveries")
+        return sum(_delivery_matches(where, d) for d in data.deliveries.values())
+
+    async def add_deliveries(
+        self, event_id: str, deliveries: list[NewDelivery], now: float
+    ) -> bool:
+        """The new deliveries are created at ``now`` (``created_at``), not at the event's
+        arrival: a re-route lists as new, and ``since``/``until`` find it by when it was made.
+        In a group they come after every delivery made before them."""
+        data = self._require("add deliveries")
+        if event_id not in data.events:
+            return False
+        _check_new_ids(data, "add deliveries", deliveries)
+        self._add(data, event_id, deliveries, now)
+        return True
+
+    async def release(self, claim: Claim, now: float) -> bool:
+        data = self._require("release")
+        d = data.deliveries.get(claim.delivery_id)
+        if d is None or d.state != "sending" or d.lease_token != claim.lease_token:
+            return False
+        # Like a deferred outcome, less its detail: last_error still tells the last attempt.
+        d.state = "pending"
+        d.attempts -= 1
+        d.next_attempt_at = now
+        d.lease_token = None
+        d.lease_until = None
+        d.updated_at = now
+        return True
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        data = self._require("queue stats")
+        rows = data.deliveries.values()
+        depth: Counter[tuple[str, str]] = Counter(
+            (d.destination, d.state) for d in rows if d.state in QUEUED
+        )
+        overdue = [
+            d.next_attempt_at
+            for d in rows
+            if d.state == "pending" and d.next_attempt_at is not None and d.next_attempt_at <= now
+        ]
+        return QueueStats(depth=dict(depth), oldest_due=min(overdue, default=None))
+
+    async def record_rejected(self, requests: Sequence[RejectedRequest], keep: int) -> None:
+        data = self._require("record rejected")
+        data.rejected.extend((next(self._seq), r) for r in requests)
+        # Newest first; of each of the batch's sources, all past the first ``keep`` go.
+        trimmed = {r.source for r in requests}
+        seen: Counter[str] = Counter()
+        kept = []
+        for n, r in sorted(data.rejected, key=_rejected_key, reverse=True):
+            seen[r.source] += 1
+            if r.source not in trimmed or seen[r.source] <= keep:
+                kept.append((n, r))
+        data.rejected = kept
+
+    async def list_rejected(
+        self, source: str | None = None, limit: int = 100
+    ) -> list[RejectedRequest]:
+        data = self._require("list rejected")
+        rows = [pair for pair in data.rejected if source is None or pair[1].source == source]
+        rows.sort(key=_rejected_key, reverse=True)
+        return [r for _, r in rows[: max(limit, 0)]]
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Nothing to watch: in one process the receiver wakes the dispatcher itself, and
@@ -307,6 +407,105 @@ class MemoryStore:
             created_at=d.created_at,
             updated_at=d.updated_at,
         )
+
+    async def prune(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """Oldest received first (ties in arrival order)."""
+        data = self._require("prune")
+        by_event: dict[str, list[_Delivery]] = {}
+        for d in data.deliveries.values():
+            by_event.setdefault(d.event_id, []).append(d)
+        # sorted() is stable: events received at one instant stay in arrival order.
+        old = sorted(
+            (e for e in data.events.values() if e.received_at.timestamp() < before),
+            key=lambda e: e.received_at,
+        )
+        gone = [
+            e.id
+            for e in old
+            if all(d.state == "delivered" and d.updated_at < before for d in by_event.get(e.id, []))
+        ]
+        if not dry_run:
+            gone = gone[: max(limit, 0)]
+        count = _remove(data, [d.id for e in gone for d in by_event.get(e, [])], gone, dry_run)
+        if not dry_run:
+            reprocessed = sorted(
+                (q for q in data.quarantine.values() if q.state == "reprocessed"),
+                key=lambda q: q.received_at,
+            )
+            for q in [q for q in reprocessed if q.received_at < before][: max(limit, 0)]:
+                del data.quarantine[q.id]
+        return count
+
+    async def purge_dead(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """Longest dead first (ties in creation order)."""
+        data = self._require("purge dead")
+        dead = sorted(
+            (d for d in data.deliveries.values() if d.state == "dead" and d.updated_at < before),
+            key=lambda d: (d.updated_at, d.seq),
+        )
+        if not dry_run:
+            dead = dead[: max(limit, 0)]
+        ids = {d.id for d in dead}
+        left = {d.event_id for d in data.deliveries.values() if d.id not in ids}
+        emptied = sorted({d.event_id for d in dead} - left)
+        return _remove(data, [d.id for d in dead], emptied, dry_run)
+
+
+def _remove(data: _Data, deliveries: list[str], events: list[str], dry_run: bool) -> PruneCount:
+    """Remove ``deliveries`` with their attempts, then ``events`` (left without deliveries);
+    what that is (or, with ``dry_run``, would be)."""
+    doomed = set(deliveries)
+    attempts = sum(1 for a in data.attempts if a.delivery_id in doomed)
+    if not dry_run:
+        data.attempts = [a for a in data.attempts if a.delivery_id not in doomed]
+        for delivery_id in deliveries:
+            del data.deliveries[delivery_id]
+        for event_id in events:
+            event = data.events.pop(event_id)
+            # A callback retried after this is new again: its event is gone.
+            del data.by_key[(event.source, event.dedupe_key)]
+    return PruneCount(events=len(events), deliveries=len(deliveries), attempts=attempts)
+
+
+def _check_new_ids(data: _Data, what: str, deliveries: list[NewDelivery]) -> None:
+    """Ids are ours and unique by construction; a clash is a bug, refused like the database's
+    primary key would refuse it, and nothing is stored."""
+    new_ids = [d.id for d in deliveries]
+    if len(set(new_ids)) != len(new_ids) or any(i in data.deliveries for i in new_ids):
+        raise StoreUnavailableError(f"store: {what}: delivery id already exists")
+
+
+def _event_key(event: TaskEvent) -> Cursor:
+    """Where an event sorts in a newest-first listing."""
+    return (event.received_at.timestamp(), event.id)
+
+
+def _event_matches(where: EventFilter, e: TaskEvent) -> bool:
+    received = e.received_at.timestamp()
+    return (
+        (where.source is None or e.source == where.source)
+        and (where.provider is None or e.provider == where.provider)
+        and (where.status is None or e.status == where.status)
+        and (where.task_id is None or e.task_id == where.task_id)
+        and (where.model is None or e.model == where.model)
+        and (where.since is None or where.since <= received)
+        and (where.until is None or received < where.until)
+    )
+
+
+def _delivery_matches(where: DeliveryFilter, d: _Delivery) -> bool:
+    return (
+        (where.state is None or d.state == where.state)
+        and (where.destination is None or d.destination == where.destination)
+        and (where.event_id is None or d.event_id == where.event_id)
+        and (where.since is None or where.since <= d.created_at)
+        and (where.until is None or d.created_at < where.until)
+    )
+
+
+def _rejected_key(pair: tuple[int, RejectedRequest]) -> tuple[float, int]:
+    """Where a rejected request sorts: by arrival, then by insertion."""
+    return (pair[1].received_at, pair[0])
 
 
 def _held_back(data: _Data, d: _Delivery) -> bool:

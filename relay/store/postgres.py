@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -37,18 +37,25 @@ from psycopg_pool import AsyncConnectionPool
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store import postgres_queries as q
+from relay.store import postgres_retention as r
 from relay.store.base import (
     AttemptRecord,
     Claim,
+    Cursor,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
+    EventFilter,
     IngestResult,
     NewDelivery,
     Outcome,
+    PruneCount,
     QuarantinedCallback,
+    QueueStats,
+    RejectedRequest,
 )
 from relay.store.batching import GroupCommit
-from relay.store.memory import next_attempt_for
+from relay.store.memory import REPLAYABLE, next_attempt_for
 
 log = logging.getLogger("relay.store")
 
@@ -236,6 +243,11 @@ class PostgresStore:
         finally:
             self._closing = False
 
+    def _check_open(self, what: str) -> AsyncConnectionPool:
+        if self._pool is None or self._closing:
+            raise StoreUnavailableError(f"store: {what}: not open")
+        return self._pool
+
     async def _run(self, what: str, fn: Callable[[q.Conn], Awaitable[T]]) -> T:
         """Run ``fn`` on a pooled connection; driver errors become StoreUnavailableError.
 
@@ -245,9 +257,7 @@ class PostgresStore:
         So ``fn`` must be safe to run again after one: one transaction (the server rolled it
         back whole) or autocommit statements that can each be repeated.
         """
-        pool = self._pool
-        if pool is None or self._closing:
-            raise StoreUnavailableError(f"store: {what}: not open")
+        pool = self._check_open(what)
         retry = 0
         while True:
             try:
@@ -344,11 +354,8 @@ class PostgresStore:
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        if limit <= 0:
-            return []
-        return await self._run(
-            "list deliveries", partial(q.list_deliveries, state=state, limit=limit)
-        )
+        """``find_deliveries`` by state alone: newest first, ties by id."""
+        return await self._find_deliveries("list deliveries", DeliveryFilter(state=state), limit)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         return await self._run("get delivery", partial(q.get_delivery, delivery_id=delivery_id))
@@ -359,13 +366,78 @@ class PostgresStore:
     async def get_event(self, event_id: str) -> TaskEvent | None:
         return await self._run("get event", partial(q.get_event, event_id=event_id))
 
-    async def replay(self, delivery_id: str, now: float) -> bool:
-        return await self._write("replay", partial(q.replay, delivery_id=delivery_id, now=now))
+    async def replay(
+        self, delivery_id: str, now: float, *, states: Sequence[DeliveryState] = ("dead",)
+    ) -> bool:
+        """NOTIFYs (at commit) when it made the delivery pending, so every worker wakes."""
+        allowed = sorted(REPLAYABLE.intersection(states))
+        if not allowed:
+            self._check_open("replay")
+            return False
+        fn = partial(q.replay, delivery_id=delivery_id, now=now, states=allowed)
+        return await self._write("replay", fn)
 
     async def list_events(self, limit: int = 100) -> list[TaskEvent]:
+        """``find_events`` of every event: newest received first, ties by id."""
+        return await self._find_events("list events", EventFilter(), limit)
+
+    async def find_events(
+        self, where: EventFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        return await self._find_events("find events", where, limit, before)
+
+    async def _find_events(
+        self, what: str, where: EventFilter, limit: int, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        if limit <= 0:  # PostgreSQL refuses a negative LIMIT
+            return []
+        return await self._run(
+            what, partial(q.find_events, where=where, limit=limit, before=before)
+        )
+
+    async def find_deliveries(
+        self, where: DeliveryFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        return await self._find_deliveries("find deliveries", where, limit, before)
+
+    async def _find_deliveries(
+        self, what: str, where: DeliveryFilter, limit: int, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        if limit <= 0:  # PostgreSQL refuses a negative LIMIT
+            return []
+        return await self._run(
+            what, partial(q.find_deliveries, where=where, limit=limit, before=before)
+        )
+
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        return await self._run("count deliveries", partial(q.count_deliveries, where=where))
+
+    async def add_deliveries(
+        self, event_id: str, deliveries: list[NewDelivery], now: float
+    ) -> bool:
+        """Created at ``now`` (see MemoryStore.add_deliveries); NOTIFYs like an ingest."""
+        fn = partial(q.add_deliveries, event_id=event_id, deliveries=list(deliveries), now=now)
+        return await self._write("add deliveries", fn)
+
+    async def release(self, claim: Claim, now: float) -> bool:
+        """Shielded like finish (a shutdown calls it); NOTIFYs, so another worker takes it."""
+        return await self._write("release", partial(q.release, claim=claim, now=now))
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        return await self._run("queue stats", partial(q.queue_stats, now=now))
+
+    async def record_rejected(self, requests: Sequence[RejectedRequest], keep: int) -> None:
+        fn = partial(q.record_rejected, requests=list(requests), keep=max(keep, 0))
+        await self._write("record rejected", fn)
+
+    async def list_rejected(
+        self, source: str | None = None, limit: int = 100
+    ) -> list[RejectedRequest]:
         if limit <= 0:
             return []
-        return await self._run("list events", partial(q.list_events, limit=limit))
+        return await self._run(
+            "list rejected", partial(q.list_rejected, source=source, limit=limit)
+        )
 
     async def quarantine(self, callback: QuarantinedCallback) -> None:
         """Shielded: the callback is answered 200 only once this committed."""
@@ -409,6 +481,23 @@ class PostgresStore:
 
     async def pace(self, key: str, interval: float, now: float) -> float:
         return await self._run("pace", partial(q.pace, key=key, interval=interval, now=now))
+
+    async def prune(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """One batch in one transaction (``postgres_retention``)."""
+        if dry_run:
+            return await self._run("prune", partial(r.count_prunable, before=before))
+        if limit <= 0:
+            return PruneCount()
+        return await self._write("prune", partial(r.prune, before=before, limit=limit))
+
+    async def purge_dead(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """One batch in one transaction (``postgres_retention``)."""
+        if dry_run:
+            return await self._run("purge dead", partial(r.count_purgeable, before=before))
+        if limit <= 0:
+            return PruneCount()
+        fn = partial(r.purge_dead, before=before, limit=limit)
+        return await self._write("purge dead", fn)
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

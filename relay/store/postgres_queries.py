@@ -11,6 +11,7 @@ in DOUBLE PRECISION, so every backend hands back exactly the floats it was given
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 from psycopg import AsyncConnection
@@ -23,12 +24,17 @@ from relay.store.base import (
     QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
+    Cursor,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
+    EventFilter,
     IngestResult,
     NewDelivery,
     Outcome,
     QuarantinedCallback,
+    QueueStats,
+    RejectedRequest,
 )
 
 Conn = AsyncConnection[TupleRow]
@@ -128,6 +134,38 @@ MIGRATIONS: tuple[str, ...] = (
     -- Arrival order among events received at the same instant, as SQLite's rowid.
     ALTER TABLE events ADD COLUMN seq BIGSERIAL NOT NULL;
     CREATE INDEX events_received ON events (received_at, seq);
+    """,
+    # Filtered listings paged by (time, id), queue depth, refused callbacks.
+    """
+    -- Each common filter of find_events / find_deliveries reads one index in its order, ties
+    -- by id included. Ids compare bytewise (COLLATE "C", as SQLite and Python compare them),
+    -- whatever the database's collation. These replace the (time, seq) indexes of 1 and 2.
+    DROP INDEX deliveries_created;
+    DROP INDEX deliveries_state_created;
+    DROP INDEX events_received;
+    CREATE INDEX deliveries_created_id ON deliveries (created_at, id COLLATE "C");
+    CREATE INDEX deliveries_state_created_id ON deliveries (state, created_at, id COLLATE "C");
+    CREATE INDEX deliveries_destination_created_id
+        ON deliveries (destination, created_at, id COLLATE "C");
+    -- A delivery's event: the filter, and retention's look-up of an event's deliveries.
+    CREATE INDEX deliveries_event ON deliveries (event_id);
+    -- queue_stats at every scrape: covering, and as small as the backlog plus the dead.
+    CREATE INDEX deliveries_queue ON deliveries (state, destination)
+        WHERE state IN ('pending', 'sending', 'dead');
+    CREATE INDEX events_received_id ON events (received_at, id COLLATE "C");
+    CREATE INDEX events_source_received_id ON events (source, received_at, id COLLATE "C");
+    CREATE INDEX events_task ON events (task_id);
+    CREATE TABLE rejected (
+        seq BIGSERIAL PRIMARY KEY,
+        source TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        client_ip TEXT,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        excerpt TEXT NOT NULL
+    );
+    CREATE INDEX rejected_source_received ON rejected (source, received_at, seq);
     """,
 )
 
@@ -268,10 +306,69 @@ REPLAY_SQL = f"""
         UPDATE deliveries
         SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
             updated_at = %(now)s
-        WHERE id = %(id)s AND state = 'dead'
+        WHERE id = %(id)s AND state = ANY(%(states)s::text[])
         RETURNING id
     )
     SELECT pg_notify('{NOTIFY_CHANNEL}', id) FROM replayed
+"""
+# Fenced by the lease token like a finish; the attempt is given back and no attempt row
+# written. The delivery is due at once: wake the workers.
+RELEASE_SQL = f"""
+    WITH released AS (
+        UPDATE deliveries
+        SET state = 'pending', attempts = attempts - 1, next_attempt_at = %(now)s,
+            due_at = %(now)s, lease_token = NULL, lease_until = NULL, updated_at = %(now)s
+        WHERE id = %(id)s AND state = 'sending' AND lease_token = %(token)s
+        RETURNING id
+    )
+    SELECT pg_notify('{NOTIFY_CHANNEL}', id) FROM released
+"""
+# The event row locked against deletion (retention) until the deliveries are in.
+EVENT_KEY_SHARE_SQL = "SELECT 1 FROM events WHERE id = %s FOR KEY SHARE"
+# The WHERE implies deliveries_queue's predicate: an index-only scan of the backlog and the
+# dead, never of the delivered history.
+QUEUE_DEPTH_SQL = """
+    SELECT destination, state, count(*) FROM deliveries
+    WHERE state IN ('pending', 'sending', 'dead')
+    GROUP BY state, destination
+"""
+# The due index in due order: the first pending row at or before now is the most overdue.
+OLDEST_DUE_SQL = """
+    SELECT due_at FROM deliveries
+    WHERE state IN ('pending', 'sending') AND state = 'pending' AND due_at <= %s
+    ORDER BY due_at
+    LIMIT 1
+"""
+# Per source of a batch of refused callbacks, one lock (two-int4 form, a key space of its
+# own), taken in one sorted order: batches of two replicas trim one after the other, so each
+# source keeps exactly its newest ``keep``.
+REJECTED_LOCKS_SQL = """
+    SELECT count(pg_advisory_xact_lock(1380272724, k)) FROM (
+        SELECT DISTINCT hashtext(s) AS k FROM unnest(%(sources)s::text[]) AS t (s) ORDER BY k
+    ) AS keys
+"""
+INSERT_REJECTED_SQL = """
+    INSERT INTO rejected (source, received_at, client_ip, path, status, reason, excerpt)
+    SELECT n.source, n.received_at, n.client_ip, n.path, n.status, n.reason, n.excerpt
+    FROM unnest(%(sources)s::text[], %(received)s::float8[], %(ips)s::text[],
+            %(paths)s::text[], %(statuses)s::int[], %(reasons)s::text[], %(excerpts)s::text[])
+        WITH ORDINALITY
+            AS n (source, received_at, client_ip, path, status, reason, excerpt, ord)
+    ORDER BY n.ord
+"""
+# Of each source given, all but the newest ``keep`` (by arrival, then insertion).
+TRIM_REJECTED_SQL = """
+    DELETE FROM rejected WHERE seq IN (
+        SELECT seq FROM (
+            SELECT seq, row_number() OVER (
+                PARTITION BY source ORDER BY received_at DESC, seq DESC) AS n
+            FROM rejected WHERE source = ANY(%(sources)s::text[])
+        ) AS ranked
+        WHERE n > %(keep)s
+    )
+"""
+_REJECTED_COLUMNS = """
+    SELECT source, received_at, client_ip, path, status, reason, excerpt FROM rejected
 """
 _RECORD_COLUMNS = """
     SELECT d.id, d.event_id, e.source, e.task_id, e.status, d.destination, d.route, d.state,
@@ -414,8 +511,11 @@ async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult
             results.append(IngestResult(event_id=event.id, duplicate=False))
             continue
         existing = known.get((event.source, event.dedupe_key))
-        if existing is None:  # nothing deletes events: not expected
-            raise StoreUnavailableError("store: ingest: the duplicated event vanished")
+        if existing is None:
+            # Retention pruned the old event between our insert's conflict and this look-up
+            # (it is over an hour old): a 503 makes the provider retry, and the retry is
+            # stored as new, as it would have been a moment later.
+            raise StoreUnavailableError("store: ingest: the duplicated event was just pruned")
         results.append(IngestResult(event_id=existing, duplicate=True))
     return results
 
@@ -486,18 +586,84 @@ def _record(row: TupleRow) -> DeliveryRecord:
     )
 
 
-async def list_deliveries(
-    conn: Conn, *, state: DeliveryState | None, limit: int
+def _where(
+    terms: list[tuple[str, object]], after: str, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """``terms`` whose value is not None, and the cursor's row comparison ``after`` (an index
+    range of the (time, id) index), ANDed."""
+    sql = [term for term, value in terms if value is not None]
+    args = [value for _, value in terms if value is not None]
+    if before is not None:
+        sql.append(after)
+        args.extend(before)
+    return ("WHERE " + " AND ".join(sql) if sql else ""), args
+
+
+def _delivery_where(where: DeliveryFilter, before: Cursor | None) -> tuple[str, list[object]]:
+    terms: list[tuple[str, object]] = [
+        ("d.state = %s", where.state),
+        ("d.destination = %s", where.destination),
+        ("d.event_id = %s", where.event_id),
+        ("d.created_at >= %s", where.since),
+        ("d.created_at < %s", where.until),
+    ]
+    return _where(terms, '(d.created_at, d.id COLLATE "C") < (%s, %s)', before)
+
+
+def find_deliveries_query(
+    where: DeliveryFilter, limit: int, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """The statement of ``find_deliveries`` and its arguments (tests read its plan)."""
+    clause, args = _delivery_where(where, before)
+    sql = f'{_RECORD_COLUMNS} {clause} ORDER BY d.created_at DESC, d.id COLLATE "C" DESC LIMIT %s'
+    return sql, [*args, limit]
+
+
+async def find_deliveries(
+    conn: Conn, *, where: DeliveryFilter, limit: int, before: Cursor | None
 ) -> list[DeliveryRecord]:
-    if state is None:
-        sql = f"{_RECORD_COLUMNS} ORDER BY d.created_at DESC, d.seq DESC LIMIT %s"
-        cur = await conn.execute(sql, (limit,))
-    else:
-        sql = (
-            f"{_RECORD_COLUMNS} WHERE d.state = %s ORDER BY d.created_at DESC, d.seq DESC LIMIT %s"
-        )
-        cur = await conn.execute(sql, (state, limit))
+    sql, args = find_deliveries_query(where, limit, before)
+    cur = await conn.execute(sql, args)
     return [_record(row) for row in await cur.fetchall()]
+
+
+async def count_deliveries(conn: Conn, *, where: DeliveryFilter) -> int:
+    clause, args = _delivery_where(where, None)
+    row = await (
+        await conn.execute(f"SELECT count(*) FROM deliveries AS d {clause}", args)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def find_events_query(
+    where: EventFilter, limit: int, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """The statement of ``find_events`` and its arguments (tests read its plan)."""
+    terms: list[tuple[str, object]] = [
+        ("e.source = %s", where.source),
+        ("e.provider = %s", where.provider),
+        ("e.status = %s", where.status),
+        ("e.task_id = %s", where.task_id),
+        # Read from the stored event rather than a column of its own: the ingest path
+        # writes nothing more for a filter that only listings use.
+        ("(e.event_json::jsonb ->> 'model') = %s", where.model),
+        ("e.received_at >= %s", where.since),
+        ("e.received_at < %s", where.until),
+    ]
+    clause, args = _where(terms, '(e.received_at, e.id COLLATE "C") < (%s, %s)', before)
+    sql = f"""
+        SELECT e.event_json FROM events AS e {clause}
+        ORDER BY e.received_at DESC, e.id COLLATE "C" DESC LIMIT %s
+    """
+    return sql, [*args, limit]
+
+
+async def find_events(
+    conn: Conn, *, where: EventFilter, limit: int, before: Cursor | None
+) -> list[TaskEvent]:
+    sql, args = find_events_query(where, limit, before)
+    cur = await conn.execute(sql, args)
+    return [TaskEvent.model_validate_json(row[0]) for row in await cur.fetchall()]
 
 
 async def get_delivery(conn: Conn, *, delivery_id: str) -> DeliveryRecord | None:
@@ -521,9 +687,87 @@ async def get_event(conn: Conn, *, event_id: str) -> TaskEvent | None:
     return None if row is None else TaskEvent.model_validate_json(row[0])
 
 
-async def replay(conn: Conn, *, delivery_id: str, now: float) -> bool:
-    cur = await conn.execute(REPLAY_SQL, {"id": delivery_id, "now": now})
+async def replay(
+    conn: Conn, *, delivery_id: str, now: float, states: Sequence[DeliveryState]
+) -> bool:
+    params = {"id": delivery_id, "now": now, "states": list(states)}
+    cur = await conn.execute(REPLAY_SQL, params)
     return len(await cur.fetchall()) == 1
+
+
+async def add_deliveries(
+    conn: Conn, *, event_id: str, deliveries: list[NewDelivery], now: float
+) -> bool:
+    """Created and due ``now``, in one transaction with the group locks of an ingest (so a
+    group's commit order is its creation order here too)."""
+    async with conn.transaction():
+        groups = [(d.group, d.destination) for d in deliveries if d.group]
+        if groups:
+            await conn.execute(
+                BATCH_LOCKS_SQL,
+                {"groups": [g for g, _ in groups], "destinations": [d for _, d in groups]},
+            )
+        if await (await conn.execute(EVENT_KEY_SHARE_SQL, (event_id,))).fetchone() is None:
+            return False
+        if deliveries:
+            await conn.execute(
+                BATCH_DELIVERIES_SQL,
+                {
+                    "ids": [d.id for d in deliveries],
+                    "event_ids": [event_id] * len(deliveries),
+                    "destinations": [d.destination for d in deliveries],
+                    "routes": [d.route for d in deliveries],
+                    "groups": [d.group for d in deliveries],
+                    "received": [now] * len(deliveries),
+                },
+            )
+            await conn.execute(NOTIFY_SQL)
+    return True
+
+
+async def release(conn: Conn, *, claim: Claim, now: float) -> bool:
+    params = {"id": claim.delivery_id, "token": claim.lease_token, "now": now}
+    cur = await conn.execute(RELEASE_SQL, params)
+    return len(await cur.fetchall()) == 1
+
+
+async def queue_stats(conn: Conn, *, now: float) -> QueueStats:
+    cur = await conn.execute(QUEUE_DEPTH_SQL)
+    depth = {(dest, state): count for dest, state, count in await cur.fetchall()}
+    row = await (await conn.execute(OLDEST_DUE_SQL, (now,))).fetchone()
+    return QueueStats(depth=depth, oldest_due=None if row is None else cast(float, row[0]))
+
+
+async def record_rejected(conn: Conn, *, requests: Sequence[RejectedRequest], keep: int) -> None:
+    sources = sorted({r.source for r in requests})
+    async with conn.transaction():
+        await conn.execute(REJECTED_LOCKS_SQL, {"sources": sources})
+        await conn.execute(
+            INSERT_REJECTED_SQL,
+            {
+                "sources": [r.source for r in requests],
+                "received": [r.received_at for r in requests],
+                "ips": [r.client_ip for r in requests],
+                "paths": [r.path for r in requests],
+                "statuses": [r.status for r in requests],
+                "reasons": [r.reason for r in requests],
+                "excerpts": [r.excerpt for r in requests],
+            },
+        )
+        await conn.execute(TRIM_REJECTED_SQL, {"sources": sources, "keep": keep})
+
+
+async def list_rejected(conn: Conn, *, source: str | None, limit: int) -> list[RejectedRequest]:
+    if source is None:
+        cur = await conn.execute(
+            f"{_REJECTED_COLUMNS} ORDER BY received_at DESC, seq DESC LIMIT %s", (limit,)
+        )
+    else:
+        cur = await conn.execute(
+            f"{_REJECTED_COLUMNS} WHERE source = %s ORDER BY received_at DESC, seq DESC LIMIT %s",
+            (source, limit),
+        )
+    return [RejectedRequest(*row) for row in await cur.fetchall()]
 
 
 async def next_due(conn: Conn) -> float | None:
@@ -561,13 +805,6 @@ async def pace(conn: Conn, *, key: str, interval: float, now: float) -> float:
                 return cast(float, free_at) - now
     # Still nothing consistent: not taken, so never 0.0. Ask again a moment later.
     return 0.01
-
-
-async def list_events(conn: Conn, *, limit: int) -> list[TaskEvent]:
-    cur = await conn.execute(
-        "SELECT event_json FROM events ORDER BY received_at DESC, seq DESC LIMIT %s", (limit,)
-    )
-    return [TaskEvent.model_validate_json(row[0]) for row in await cur.fetchall()]
 
 
 async def quarantine(conn: Conn, *, callback: QuarantinedCallback) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -25,18 +25,25 @@ from typing import Any, TypeVar
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store import sqlite_queries as q
+from relay.store import sqlite_retention as r
 from relay.store.base import (
     AttemptRecord,
     Claim,
+    Cursor,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
+    EventFilter,
     IngestResult,
     NewDelivery,
     Outcome,
+    PruneCount,
     QuarantinedCallback,
+    QueueStats,
+    RejectedRequest,
 )
 from relay.store.batching import GroupCommit
-from relay.store.memory import next_attempt_for
+from relay.store.memory import REPLAYABLE, next_attempt_for
 
 T = TypeVar("T")
 
@@ -91,6 +98,9 @@ class SQLiteStore:
             # exactly as wide as the code says.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            # Takes effect on a new file only (before its first table, and before WAL mode,
+            # which writes the header): retention then gives freed pages back in steps.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -118,11 +128,14 @@ class SQLiteStore:
         finally:
             executor.shutdown(wait=True)
 
-    def _submit(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run ``fn`` on the worker thread; sqlite errors become StoreUnavailableError."""
+    def _check_open(self, what: str) -> tuple[ThreadPoolExecutor, sqlite3.Connection]:
         if self._executor is None or self._conn is None:
             raise StoreUnavailableError(f"store: {what}: not open")
-        conn = self._conn
+        return self._executor, self._conn
+
+    def _submit(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the worker thread; sqlite errors become StoreUnavailableError."""
+        executor, conn = self._check_open(what)
 
         def job() -> T:
             try:
@@ -137,7 +150,7 @@ class SQLiteStore:
                     raise StoreUnavailableError(f"store: {what}: {exc}") from exc
                 raise
 
-        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return asyncio.get_running_loop().run_in_executor(executor, job)
 
     async def ping(self) -> None:
         await self._submit("ping", q.ping)
@@ -185,11 +198,8 @@ class SQLiteStore:
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
-            return []
-        return await self._submit(
-            "list deliveries", partial(q.list_deliveries, state=state, limit=limit)
-        )
+        """``find_deliveries`` by state alone: newest first, ties by id."""
+        return await self._find_deliveries("list deliveries", DeliveryFilter(state=state), limit)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         return await self._submit("get delivery", partial(q.get_delivery, delivery_id=delivery_id))
@@ -201,9 +211,8 @@ class SQLiteStore:
         return await self._submit("get event", partial(q.get_event, event_id=event_id))
 
     async def list_events(self, limit: int = 100) -> list[TaskEvent]:
-        if limit <= 0:
-            return []
-        return await self._submit("list events", partial(q.list_events, limit=limit))
+        """``find_events`` of every event: newest received first, ties by id."""
+        return await self._find_events("list events", EventFilter(), limit)
 
     async def quarantine(self, callback: QuarantinedCallback) -> None:
         """Shielded: the callback is answered 200 only once this committed."""
@@ -234,10 +243,72 @@ class SQLiteStore:
         )
         return await asyncio.shield(self._submit("settle quarantined", fn))
 
-    async def replay(self, delivery_id: str, now: float) -> bool:
+    async def replay(
+        self, delivery_id: str, now: float, *, states: Sequence[DeliveryState] = ("dead",)
+    ) -> bool:
         """Shielded like finish: an operator's replay is a status write too."""
-        fut = self._submit("replay", partial(q.replay, delivery_id=delivery_id, now=now))
-        return await asyncio.shield(fut)
+        allowed = sorted(REPLAYABLE.intersection(states))
+        if not allowed:
+            self._check_open("replay")
+            return False
+        fn = partial(q.replay, delivery_id=delivery_id, now=now, states=allowed)
+        return await asyncio.shield(self._submit("replay", fn))
+
+    async def find_events(
+        self, where: EventFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        return await self._find_events("find events", where, limit, before)
+
+    async def _find_events(
+        self, what: str, where: EventFilter, limit: int, before: Cursor | None = None
+    ) -> list[TaskEvent]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return []
+        fn = partial(q.find_events, where=where, limit=limit, before=before)
+        return await self._submit(what, fn)
+
+    async def find_deliveries(
+        self, where: DeliveryFilter, limit: int = 100, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        return await self._find_deliveries("find deliveries", where, limit, before)
+
+    async def _find_deliveries(
+        self, what: str, where: DeliveryFilter, limit: int, before: Cursor | None = None
+    ) -> list[DeliveryRecord]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return []
+        fn = partial(q.find_deliveries, where=where, limit=limit, before=before)
+        return await self._submit(what, fn)
+
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        return await self._submit("count deliveries", partial(q.count_deliveries, where=where))
+
+    async def add_deliveries(
+        self, event_id: str, deliveries: list[NewDelivery], now: float
+    ) -> bool:
+        """Created at ``now`` (see MemoryStore.add_deliveries). Shielded: a status write."""
+        fn = partial(q.add_deliveries, event_id=event_id, deliveries=list(deliveries), now=now)
+        return await asyncio.shield(self._submit("add deliveries", fn))
+
+    async def release(self, claim: Claim, now: float) -> bool:
+        """Shielded like finish: a shutdown calls it, and must not leave the lease behind."""
+        fn = partial(q.release, claim=claim, now=now)
+        return await asyncio.shield(self._submit("release", fn))
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        return await self._submit("queue stats", partial(q.queue_stats, now=now))
+
+    async def record_rejected(self, requests: Sequence[RejectedRequest], keep: int) -> None:
+        fn = partial(q.record_rejected, requests=list(requests), keep=max(keep, 0))
+        await asyncio.shield(self._submit("record rejected", fn))
+
+    async def list_rejected(
+        self, source: str | None = None, limit: int = 100
+    ) -> list[RejectedRequest]:
+        if limit <= 0:
+            return []
+        fn = partial(q.list_rejected, source=source, limit=limit)
+        return await self._submit("list rejected", fn)
 
     async def get_state(self, destination: str, key: str) -> dict[str, Any] | None:
         return await self._submit(
@@ -264,3 +335,25 @@ class SQLiteStore:
 
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)
+
+    async def prune(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """One batch in one write transaction, then a bounded incremental vacuum as a job of
+        its own (an ingest queued during the batch goes before it)."""
+        if dry_run:
+            return await self._submit("prune", partial(r.count_prunable, before=before))
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return PruneCount()
+        count = await self._submit("prune", partial(r.prune, before=before, limit=limit))
+        await self._submit("vacuum", r.vacuum_step)
+        return count
+
+    async def purge_dead(self, before: float, limit: int, *, dry_run: bool = False) -> PruneCount:
+        """Like ``prune``: one batch, then a bounded incremental vacuum."""
+        if dry_run:
+            return await self._submit("purge dead", partial(r.count_purgeable, before=before))
+        if limit <= 0:
+            return PruneCount()
+        fn = partial(r.purge_dead, before=before, limit=limit)
+        count = await self._submit("purge dead", fn)
+        await self._submit("vacuum", r.vacuum_step)
+        return count

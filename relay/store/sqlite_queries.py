@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 from relay.errors import StoreUnavailableError
@@ -19,12 +19,17 @@ from relay.store.base import (
     QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
+    Cursor,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
+    EventFilter,
     IngestResult,
     NewDelivery,
     Outcome,
     QuarantinedCallback,
+    QueueStats,
+    RejectedRequest,
 )
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
@@ -108,6 +113,38 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS quarantine_state_received ON quarantine (state, received_at);
     CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+    """,
+    # Filtered listings paged by (time, id), queue depth, refused callbacks.
+    """
+    -- Each common filter of find_events / find_deliveries reads one index in its order, ties
+    -- by id included. These replace the (time)-only indexes of migration 1 and 3.
+    DROP INDEX IF EXISTS deliveries_created;
+    DROP INDEX IF EXISTS deliveries_state_created;
+    DROP INDEX IF EXISTS events_received;
+    CREATE INDEX IF NOT EXISTS deliveries_created_id ON deliveries (created_at, id);
+    CREATE INDEX IF NOT EXISTS deliveries_state_created_id
+        ON deliveries (state, created_at, id);
+    CREATE INDEX IF NOT EXISTS deliveries_destination_created_id
+        ON deliveries (destination, created_at, id);
+    -- A delivery's event: the filter, and retention's look-up of an event's deliveries.
+    CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+    -- queue_stats at every scrape: covering, and as small as the backlog plus the dead.
+    CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (state, destination)
+        WHERE state IN ('pending', 'sending', 'dead');
+    CREATE INDEX IF NOT EXISTS events_received_id ON events (received_at, id);
+    CREATE INDEX IF NOT EXISTS events_source_received_id ON events (source, received_at, id);
+    CREATE INDEX IF NOT EXISTS events_task ON events (task_id);
+    CREATE TABLE IF NOT EXISTS rejected (
+        seq INTEGER PRIMARY KEY,  -- the rowid: insertion order
+        source TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        client_ip TEXT,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        excerpt TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS rejected_source_received ON rejected (source, received_at, seq);
     """,
 )
 
@@ -493,12 +530,87 @@ def _record(row: tuple[object, ...]) -> DeliveryRecord:
     )
 
 
-def list_deliveries(
-    conn: sqlite3.Connection, state: DeliveryState | None, limit: int
+def _delivery_where(where: DeliveryFilter, before: Cursor | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its arguments) of the deliveries ``where`` matches, after
+    ``before`` in newest-first order."""
+    # An event has few deliveries: with one, read them by the event index and sort them.
+    # (The unary + keeps SQLite, which has no statistics, from picking another index.)
+    other = "" if where.event_id is None else "+"
+    terms: list[tuple[str, object]] = [
+        (f"{other}d.state = ?", where.state),
+        (f"{other}d.destination = ?", where.destination),
+        ("d.event_id = ?", where.event_id),
+        ("d.created_at >= ?", where.since),
+        ("d.created_at < ?", where.until),
+    ]
+    return _where(terms, "(d.created_at, d.id) < (?, ?)", before)
+
+
+def _where(
+    terms: list[tuple[str, object]], after: str, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """``terms`` whose value is not None, and the cursor's row-value comparison ``after``
+    (which SQLite reads as a range of the (time, id) index), ANDed."""
+    sql = [term for term, value in terms if value is not None]
+    args = [value for _, value in terms if value is not None]
+    if before is not None:
+        sql.append(after)
+        args.extend(before)
+    return ("WHERE " + " AND ".join(sql) if sql else ""), args
+
+
+def find_deliveries_query(
+    where: DeliveryFilter, limit: int, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """The statement of ``find_deliveries`` and its arguments (tests read its plan)."""
+    clause, args = _delivery_where(where, before)
+    sql = f"{_RECORD_COLUMNS} {clause} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+    return sql, [*args, limit]
+
+
+def find_deliveries(
+    conn: sqlite3.Connection, where: DeliveryFilter, limit: int, before: Cursor | None
 ) -> list[DeliveryRecord]:
-    where, args = ("", (limit,)) if state is None else ("WHERE d.state = ?", (state, limit))
-    sql = f"{_RECORD_COLUMNS} {where} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?"
+    sql, args = find_deliveries_query(where, limit, before)
     return [_record(row) for row in conn.execute(sql, args)]
+
+
+def count_deliveries(conn: sqlite3.Connection, where: DeliveryFilter) -> int:
+    clause, args = _delivery_where(where, None)
+    (count,) = conn.execute(f"SELECT count(*) FROM deliveries AS d {clause}", args).fetchone()
+    return cast(int, count)
+
+
+def find_events_query(
+    where: EventFilter, limit: int, before: Cursor | None
+) -> tuple[str, list[object]]:
+    """The statement of ``find_events`` and its arguments (tests read its plan)."""
+    # Likewise a task has few events: with one, the task index (see _delivery_where).
+    other = "" if where.task_id is None else "+"
+    terms: list[tuple[str, object]] = [
+        (f"{other}e.source = ?", where.source),
+        ("e.provider = ?", where.provider),
+        ("e.status = ?", where.status),
+        ("e.task_id = ?", where.task_id),
+        # Read from the stored event rather than a column of its own: the ingest path
+        # writes nothing more for a filter that only listings use.
+        ("json_extract(e.event_json, '$.model') = ?", where.model),
+        ("e.received_at >= ?", where.since),
+        ("e.received_at < ?", where.until),
+    ]
+    clause, args = _where(terms, "(e.received_at, e.id) < (?, ?)", before)
+    sql = f"""
+        SELECT e.event_json FROM events AS e {clause}
+        ORDER BY e.received_at DESC, e.id DESC LIMIT ?
+    """
+    return sql, [*args, limit]
+
+
+def find_events(
+    conn: sqlite3.Connection, where: EventFilter, limit: int, before: Cursor | None
+) -> list[TaskEvent]:
+    sql, args = find_events_query(where, limit, before)
+    return [TaskEvent.model_validate_json(row[0]) for row in conn.execute(sql, args)]
 
 
 def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:
@@ -517,11 +629,6 @@ def attempts(conn: sqlite3.Connection, delivery_id: str) -> list[AttemptRecord]:
 def get_event(conn: sqlite3.Connection, event_id: str) -> TaskEvent | None:
     row = conn.execute("SELECT event_json FROM events WHERE id = ?", (event_id,)).fetchone()
     return None if row is None else TaskEvent.model_validate_json(row[0])
-
-
-def list_events(conn: sqlite3.Connection, limit: int) -> list[TaskEvent]:
-    sql = "SELECT event_json FROM events ORDER BY received_at DESC, rowid DESC LIMIT ?"
-    return [TaskEvent.model_validate_json(row[0]) for row in conn.execute(sql, (limit,))]
 
 
 def quarantine(conn: sqlite3.Connection, callback: QuarantinedCallback) -> None:
@@ -571,13 +678,110 @@ def settle_quarantined(
     return conn.execute(sql, (state, event_id, reason, now, quarantine_id)).rowcount == 1
 
 
-def replay(conn: sqlite3.Connection, delivery_id: str, now: float) -> bool:
-    sql = """
+def replay(
+    conn: sqlite3.Connection, delivery_id: str, now: float, states: Sequence[DeliveryState]
+) -> bool:
+    """``states``: those of REPLAYABLE asked for, at least one."""
+    sql = f"""
         UPDATE deliveries
         SET state = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, updated_at = ?
-        WHERE id = ? AND state = 'dead'
+        WHERE id = ? AND state IN ({", ".join("?" * len(states))})
     """
-    return conn.execute(sql, (now, now, now, delivery_id)).rowcount == 1
+    return conn.execute(sql, (now, now, now, delivery_id, *states)).rowcount == 1
+
+
+def add_deliveries(
+    conn: sqlite3.Connection, event_id: str, deliveries: list[NewDelivery], now: float
+) -> bool:
+    """Created and due ``now``. The rowid (creation order, a group's order) comes after every
+    row already there, as an ingest's would."""
+    conn.execute("BEGIN IMMEDIATE")
+    if conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is None:
+        conn.execute("ROLLBACK")
+        return False
+    rows: list[tuple[object, ...]] = [
+        (d.id, event_id, d.destination, d.route, now, now, now, now, d.group) for d in deliveries
+    ]
+    _insert_rows(conn, _DELIVERIES_INTO, _DELIVERY_ROW, rows)
+    conn.execute("COMMIT")
+    return True
+
+
+def release(conn: sqlite3.Connection, claim: Claim, now: float) -> bool:
+    """Fenced by the lease token like a finish; the attempt is given back, no attempt row."""
+    sql = """
+        UPDATE deliveries
+        SET state = 'pending', attempts = attempts - 1, next_attempt_at = ?, due_at = ?,
+            lease_token = NULL, lease_until = NULL, updated_at = ?
+        WHERE id = ? AND state = 'sending' AND lease_token = ?
+    """
+    args = (now, now, now, claim.delivery_id, claim.lease_token)
+    return conn.execute(sql, args).rowcount == 1
+
+
+# Its WHERE is deliveries_queue's predicate verbatim (SQLite uses a partial index only then):
+# an index-only scan, already in GROUP BY order.
+QUEUE_DEPTH_SQL = """
+    SELECT destination, state, count(*) FROM deliveries
+    WHERE state IN ('pending', 'sending', 'dead')
+    GROUP BY state, destination
+"""
+# The due index in due order: the first pending row at or before now is the most overdue.
+OLDEST_DUE_SQL = """
+    SELECT d.due_at FROM deliveries AS d INDEXED BY deliveries_due
+    WHERE d.state IN ('pending', 'sending') AND d.state = 'pending' AND d.due_at <= ?
+    ORDER BY d.due_at
+    LIMIT 1
+"""
+
+
+def queue_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
+    # One read transaction: both figures from the same snapshot.
+    conn.execute("BEGIN")
+    depth = {(dest, state): count for dest, state, count in conn.execute(QUEUE_DEPTH_SQL)}
+    row = conn.execute(OLDEST_DUE_SQL, (now,)).fetchone()
+    conn.execute("COMMIT")
+    return QueueStats(depth=depth, oldest_due=None if row is None else cast(float, row[0]))
+
+
+# Of one source, all but the newest ``keep`` (by arrival, then insertion), through the
+# (source, received_at, seq) index.
+_TRIM_REJECTED = """
+    DELETE FROM rejected WHERE seq IN (
+        SELECT seq FROM (
+            SELECT seq, row_number() OVER (ORDER BY received_at DESC, seq DESC) AS n
+            FROM rejected WHERE source = ?
+        ) WHERE n > ?
+    )
+"""
+_REJECTED_COLUMNS = """
+    SELECT source, received_at, client_ip, path, status, reason, excerpt FROM rejected
+"""
+
+
+def record_rejected(
+    conn: sqlite3.Connection, requests: Sequence[RejectedRequest], keep: int
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO rejected (source, received_at, client_ip, path, status, reason, excerpt)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r.source, r.received_at, r.client_ip, r.path, r.status, r.reason, r.excerpt)
+            for r in requests
+        ],
+    )
+    sources = sorted({r.source for r in requests})
+    conn.executemany(_TRIM_REJECTED, [(source, keep) for source in sources])
+    conn.execute("COMMIT")
+
+
+def list_rejected(
+    conn: sqlite3.Connection, source: str | None, limit: int
+) -> list[RejectedRequest]:
+    where, args = ("", [limit]) if source is None else ("WHERE source = ?", [source, limit])
+    sql = f"{_REJECTED_COLUMNS} {where} ORDER BY received_at DESC, seq DESC LIMIT ?"
+    return [RejectedRequest(*row) for row in conn.execute(sql, args)]
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:

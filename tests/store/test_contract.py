@@ -1,16 +1,15 @@
 """The Store contract: every backend must pass every test here.
 
-MemoryStore is the executable spec; add a backend by adding a factory to BACKENDS.
+MemoryStore is the executable spec; add a backend by adding a factory to BACKENDS
+(tests/store/conftest.py, whose ``store`` fixture runs each test on every backend).
 Times are fixed unix seconds, never the wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,29 +17,7 @@ import pytest
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import NewDelivery, Outcome, QuarantinedCallback, Store
-from relay.store.memory import MemoryStore
-from relay.store.postgres import PostgresStore
-from relay.store.sqlite import SQLiteStore
-
-T0 = 1_700_000_000.0
-
-# name -> factory(request, tmp_path) returning an unopened store. A backend that needs a server
-# asks for its fixture through the request (postgres: a fresh database from tests/pg.py).
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
-    "memory": lambda _req, _tmp: MemoryStore(),
-    "sqlite": lambda _req, tmp: SQLiteStore(str(tmp / "relay.db")),
-    "postgres": lambda req, _tmp: PostgresStore.from_url(req.getfixturevalue("pg_url")),
-}
-
-
-@pytest.fixture(params=list(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = BACKENDS[request.param](request, tmp_path)
-    await backend.open()
-    try:
-        yield backend
-    finally:
-        await backend.close()
+from tests.store.conftest import T0
 
 
 def make_event(
@@ -470,7 +447,7 @@ async def test_list_events_newest_received_first(store: Store) -> None:
     for n, at in enumerate([T0 + 5, T0 + 1, T0 + 9, T0 + 9]):
         await store.ingest(make_event(f"k{n}", at=at), [])
     listed = await store.list_events()
-    # Same instant: the later ingest first.
+    # Same instant: the larger id first (ours are time-ordered: the later ingest).
     assert [e.id for e in listed] == [
         "ev-goapi-main-k3",
         "ev-goapi-main-k2",

@@ -232,6 +232,7 @@ async def test_reopening_applies_migrations_once(db_path: str) -> None:
         "events",
         "pacing",
         "quarantine",
+        "rejected",
         "schema_version",
     ]
 
