@@ -1,11 +1,11 @@
-"""The command line: serve, worker, check, test, deliveries, replay, events, reprocess."""
+"""The command line: serve, worker, check, test, deliveries, replay, events, reprocess, rejected."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -15,15 +15,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import __version__
+from relay.admin.params import MOMENT_HELP
 from relay.errors import (
     ConfigError,
     RequestError,
     StoreUnavailableError,
     UnreadableCallbackError,
 )
+from relay.events import STATUSES
+from relay.logs import LOG_FORMATS, setup_logging
 from relay.operate import (
+    age_argument,
     cmd_deliveries,
     cmd_events,
+    cmd_prune,
+    cmd_purge,
+    cmd_rejected,
     cmd_replay,
     cmd_reprocess,
     print_problems,
@@ -50,7 +57,7 @@ def _preflight(settings: Settings) -> bool:
     from relay.runtime import build_runtime
 
     async def build() -> None:
-        async with build_runtime(settings, dispatch=False):
+        async with build_runtime(settings, dispatch=False, notes=False):
             pass
 
     try:
@@ -81,6 +88,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_config=None,
         # Providers must never wait long: keep the server's own limits tight.
         timeout_keep_alive=30,
+        # SIGTERM: stop accepting, let open requests finish this long (whole seconds, as
+        # uvicorn takes it); then the lifespan gives the dispatcher's sends the grace again.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )
     server = uvicorn.Server(config)
     try:
@@ -200,6 +210,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relay", description=__doc__)
     p.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -225,12 +242,28 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--json", action="store_true", help="JSON instead of a table")
 
+    def log_format(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            help="log lines as JSON objects or text (RELAY_LOG_FORMAT; default: JSON unless "
+            "stderr is a terminal)",
+        )
+
+    def window(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--destination", metavar="NAME", help=f"only {what} to this destination")
+        sp.add_argument(
+            "--since", metavar="WHEN", help=f"only {what} created since WHEN: {MOMENT_HELP}"
+        )
+        sp.add_argument("--until", metavar="WHEN", help=f"only {what} created before WHEN")
+
     s = sub.add_parser("serve", help="receive callbacks and deliver them")
     rules(s)
     db(s)
     s.add_argument("--host", help="address to bind (RELAY_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (RELAY_PORT or PORT, default 8000)")
     s.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    log_format(s)
     s.add_argument(
         "--no-dispatch",
         dest="dispatch",
@@ -243,6 +276,14 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="deliver only: dispatch due deliveries from the database")
     rules(w)
     db(w)
+    w.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve GET /metrics and /healthz on this port, at RELAY_HOST's address "
+        "(RELAY_METRICS_PORT; default: none)",
+    )
+    log_format(w)
     w.set_defaults(func=cmd_worker)
 
     c = sub.add_parser("check", help="validate the rules and report every problem")
@@ -261,13 +302,28 @@ def parser() -> argparse.ArgumentParser:
         "id", nargs="?", metavar="DELIVERY_ID", help="show this delivery and its attempts"
     )
     d.add_argument("--state", choices=DELIVERY_STATES, help="only deliveries in this state")
+    window(d, "deliveries")
     listing(d, "deliveries")
     d.set_defaults(func=cmd_deliveries)
 
-    r = sub.add_parser("replay", help="make dead deliveries pending again")
+    r = sub.add_parser(
+        "replay",
+        help="make dead (or delivered) deliveries pending again: by id or by filter",
+    )
     db(r)
-    r.add_argument("ids", nargs="*", metavar="DELIVERY_ID", help="dead deliveries to replay")
+    r.add_argument(
+        "ids", nargs="*", metavar="DELIVERY_ID", help="dead or delivered deliveries to replay"
+    )
     r.add_argument("--all-dead", action="store_true", help="replay every dead delivery")
+    r.add_argument(
+        "--state",
+        choices=("dead", "delivered"),
+        help="with a filter: replay deliveries in this state (default dead)",
+    )
+    window(r, "deliveries")
+    r.add_argument(
+        "--dry-run", action="store_true", help="say what would be replayed, change nothing"
+    )
     r.set_defaults(func=cmd_replay)
 
     e = sub.add_parser("events", help="list received events, or quarantined callbacks")
@@ -280,8 +336,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--all", action="store_true", help="with --quarantined: the reprocessed ones too"
     )
+    e.add_argument("--source", metavar="NAME", help="only events of this source")
+    e.add_argument("--provider", metavar="NAME", help="only events of this provider")
+    e.add_argument("--status", choices=STATUSES, help="only events with this status")
+    e.add_argument("--task", metavar="TASK_ID", help="only events of this task")
+    e.add_argument("--model", metavar="MODEL", help="only events of this model")
+    e.add_argument("--since", metavar="WHEN", help=f"received since: {MOMENT_HELP}")
+    e.add_argument("--until", metavar="WHEN", help="received before WHEN")
     listing(e, "events")
     e.set_defaults(func=cmd_events)
+
+    j = sub.add_parser(
+        "rejected", help="refused requests, newest first: why a callback did not arrive"
+    )
+    db(j)
+    j.add_argument("--source", metavar="NAME", help="only requests to this source")
+    listing(j, "refused requests")
+    j.set_defaults(func=cmd_rejected)
 
     q = sub.add_parser(
         "reprocess", help="read quarantined callbacks again, then route and deliver them"
@@ -292,15 +363,35 @@ def parser() -> argparse.ArgumentParser:
         "ids", nargs="*", metavar="QUARANTINE_ID", help="quarantined callbacks to read again"
     )
     q.add_argument("--all", action="store_true", help="every callback still quarantined")
+    log_format(q)
     q.set_defaults(func=cmd_reprocess)
+
+    pr = sub.add_parser("prune", help="remove delivered events older than the retention")
+    rules(pr)
+    db(pr)
+    pr.add_argument(
+        "--before",
+        type=age_argument,
+        metavar="AGE",
+        help="received over AGE ago (e.g. 7d, 12h; default: the retention, RELAY_RETENTION "
+        "or the rules' retention.delivered)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    pr.set_defaults(func=cmd_prune)
+
+    pu = sub.add_parser("purge", help="remove dead deliveries (and then empty events) for good")
+    db(pu)
+    pu.add_argument("--dead", action="store_true", required=True, help="dead deliveries")
+    pu.add_argument(
+        "--before",
+        type=age_argument,
+        required=True,
+        metavar="AGE",
+        help="that died over AGE ago (e.g. 30d)",
+    )
+    pu.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    pu.set_defaults(func=cmd_purge)
     return p
-
-
-def _rename_uvicorn(record: logging.LogRecord) -> bool:
-    # uvicorn logs its ordinary start and stop lines as "uvicorn.error", which reads as a fault.
-    if record.name == "uvicorn.error":
-        record.name = "uvicorn"
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,16 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     overrides = {
         key: getattr(args, key)
-        for key in ("rules", "db", "host", "port", "dispatch")
+        for key in ("rules", "db", "host", "port", "dispatch", "metrics_port", "log_format")
         if getattr(args, key, None) is not None
     }
     settings = replace(settings, **overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_rename_uvicorn)
+    setup_logging(settings)
     code: int = args.func(args, settings)
     return code
 

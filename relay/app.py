@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import cast
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
@@ -20,11 +21,17 @@ from relay.channels import ChannelFactory
 from relay.endpoints import routes
 from relay.hooks import HookRouter
 from relay.providers.base import Provider
-from relay.runtime import Runtime, build_runtime
+from relay.runtime import Runtime, build_runtime, running_services
 from relay.settings import Settings
 from relay.store.base import Store
 
 log = logging.getLogger("relay")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404 and 405 (unknown paths, wrong methods), as JSON like every answer.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -64,11 +71,12 @@ def create_app(
                     task = asyncio.create_task(
                         runtime.dispatcher.run_forever(stop), name="dispatcher"
                     )
-                # Everything built so far lives as long as the process: keep it out of the
-                # cyclic collector's scans, which otherwise cost a measurable share of every
-                # request.
-                gc.freeze()
-                yield
+                async with running_services(runtime, stop):
+                    # Everything built so far lives as long as the process: keep it out of
+                    # the cyclic collector's scans, which otherwise cost a measurable share
+                    # of every request.
+                    gc.freeze()
+                    yield
             finally:
                 stop.set()
                 if task is not None:
@@ -79,6 +87,6 @@ def create_app(
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
-        exception_handlers={Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return HookRouter(app, lambda: cast(Runtime, app.state.relay))

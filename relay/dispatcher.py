@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from relay.channels.base import Channel, Delivery
 from relay.errors import (
@@ -48,13 +49,16 @@ class DispatcherStats:
     deferred: int = 0
     dead: int = 0
     lost_leases: int = 0
+    # Leases given back unfinished at shutdown.
+    released: int = 0
 
 
 class Dispatcher:
     """Claims with a lease, sends with bounded concurrency, records with the lease token.
 
     ``lease_seconds`` must exceed any channel's per-attempt deadline, so a live worker's
-    lease never expires while it is still sending.
+    lease never expires while it is still sending. On stop, sends under way get
+    ``shutdown_grace`` seconds to finish; the rest are cancelled and their leases given back.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         idle_seconds: float = 1.0,
         metrics: Metrics | None = None,
+        shutdown_grace: float = 10.0,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -78,7 +83,13 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._idle_seconds = idle_seconds
         self._wakeup = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._shutdown_grace = shutdown_grace
+        # Each in-flight task and its claim; of those, the claims still sending (not yet
+        # recording an outcome): the ones given back if the grace period runs out.
+        self._in_flight: dict[asyncio.Task[None], Claim] = {}
+        self._sending: dict[str, Claim] = {}
+        # Set once ``stop`` is seen: nothing more is claimed, the sends under way finish.
+        self.stopping = asyncio.Event()
         self.worker_id = uuid.uuid4().hex[:8]
         self.stats = DispatcherStats()
 
@@ -97,7 +108,8 @@ class Dispatcher:
         """Keep claiming while work is due; sleep until woken, the next due time, or idle.
 
         Claims only as many deliveries as there are free send slots, so no lease ticks away
-        while its delivery waits for a slot.
+        while its delivery waits for a slot. Once ``stop`` is set: claims nothing more, and
+        returns after ``shutdown`` (in-flight sends finished or given back).
         """
         # Deliveries made due by other processes (receivers, `relay replay`) wake us too,
         # where the store can tell; otherwise the idle poll finds them.
@@ -106,7 +118,7 @@ class Dispatcher:
             self._wakeup.clear()
             free = self._concurrency - len(self._in_flight)
             if free <= 0:
-                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                await self._slot_or_stop(stop)
                 continue
             limit = min(self._batch_size, free)
             try:
@@ -119,17 +131,74 @@ class Dispatcher:
                 log.exception("dispatcher: claim failed")
                 claims = []
             for claim in claims:
+                # Before the task starts: a task cancelled before its first step still has
+                # its lease given back.
+                self._sending[claim.delivery_id] = claim
                 task = asyncio.create_task(self._attempt(claim))
-                self._in_flight.add(task)
+                self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) == limit:
                 continue
             await self._sleep(stop)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Wait up to the grace period for the sends under way, then cancel those still
+        sending and give their leases back (pending, due now, no attempt spent), so another
+        process takes them at once rather than when the lease expires. A send that finished
+        has its outcome recorded first, so a restart does not send it again."""
+        self.stopping.set()
+        started = len(self._in_flight)
         if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            log.info(
+                "dispatcher %s stopping: %d send(s) in flight, given up to %g s to finish",
+                self.worker_id,
+                started,
+                self._shutdown_grace,
+            )
+            _, late = await asyncio.wait(list(self._in_flight), timeout=self._shutdown_grace)
+            for task in late:
+                # A task already recording its outcome finishes: the message went out.
+                if self._in_flight[task].delivery_id in self._sending:
+                    task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        unfinished, self._sending = list(self._sending.values()), {}
+        released = sum(await asyncio.gather(*(self._give_back(c) for c in unfinished)))
+        self.stats.released += released
+        finished = started - len(unfinished)
+        log.info(
+            "dispatcher %s stopped: %d in-flight send(s) finished, %d unfinished lease(s) "
+            "given back%s",
+            self.worker_id,
+            finished,
+            released,
+            f" ({len(unfinished) - released} already lost)" if released < len(unfinished) else "",
+        )
+
+    async def _give_back(self, claim: Claim) -> bool:
+        try:
+            return await self._store.release(claim, self._clock())
+        except StoreUnavailableError as exc:
+            log.warning(
+                "dispatcher: could not give back %s (retried when its lease expires): %s",
+                claim.delivery_id,
+                exc,
+            )
+        except Exception:
+            log.exception("dispatcher: could not give back %s", claim.delivery_id)
+        return False
+
+    async def _slot_or_stop(self, stop: asyncio.Event) -> None:
+        """Every slot is busy: wait for one to free up, or for ``stop``."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([*self._in_flight, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         # A finished send may have scheduled a retry sooner than our next wake-up.
         self._wakeup.set()
 
@@ -181,6 +250,9 @@ class Dispatcher:
             outcome = self._after_failure(
                 claim, PermanentDeliveryError(f"internal error: {type(exc).__name__}"), routing
             )
+        # The send is over (a cancelled one never gets here): from now on, shutdown lets the
+        # outcome be recorded rather than give the lease back.
+        self._sending.pop(claim.delivery_id, None)
         await self._record(claim, outcome, started, routing.types.get(claim.destination, ""))
 
     def _after_failure(self, claim: Claim, error: DeliveryError, routing: Routing) -> Outcome:
@@ -197,40 +269,70 @@ class Dispatcher:
             kept = await asyncio.shield(self._store.finish(claim, outcome, started, self._clock()))
         except StoreUnavailableError as exc:
             # The lease will expire and the delivery will be tried again: at least once.
-            log.error("dispatcher: could not record %s: %s", claim.delivery_id, exc)
+            log.error(
+                "dispatcher: could not record %s: %s",
+                claim.delivery_id,
+                exc,
+                extra=_fields(claim, outcome, started, self._clock(), "unrecorded"),
+            )
             return
         if not kept:
             self.stats.lost_leases += 1
             if self._metrics is not None:
                 self._metrics.lease_losses.inc()
-            log.warning("dispatcher: lease on %s was lost before recording", claim.delivery_id)
-            return
-        if self._metrics is not None:
-            self._metrics.attempt(
-                claim.destination, kind, _outcome_name(outcome), self._clock() - started
+            log.warning(
+                "dispatcher: lease on %s was lost before recording",
+                claim.delivery_id,
+                extra=_fields(claim, outcome, started, self._clock(), "lease_lost"),
             )
+            return
+        name = _outcome_name(outcome)
+        if self._metrics is not None:
+            self._metrics.attempt(claim.destination, kind, name, self._clock() - started)
         if outcome.state == "delivered":
             self.stats.delivered += 1
         elif outcome.deferred:
             self.stats.deferred += 1
         elif outcome.state == "pending":
             self.stats.retried += 1
-            log.info(
-                "delivery %s to %s failed (attempt %d), next attempt in %.0f s: %s",
-                claim.delivery_id,
-                claim.destination,
-                claim.attempt,
-                (outcome.next_attempt_at or 0.0) - self._clock(),
-                outcome.detail,
-            )
         else:
             self.stats.dead += 1
-            log.warning(
-                "delivery %s to %s is dead: %s",
-                claim.delivery_id,
-                claim.destination,
-                outcome.detail,
+        # One line per outcome: WARNING for a dead delivery, someone must look at it.
+        level = logging.WARNING if name == "dead" else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "delivery %s",
+                name,
+                extra=_fields(claim, outcome, started, self._clock(), name),
             )
+
+
+def _fields(
+    claim: Claim, outcome: Outcome, started: float, now: float, name: str
+) -> dict[str, object]:
+    """The structured fields of a delivery's log line (README: Logs)."""
+    event = claim.event
+    fields: dict[str, object] = {
+        "event_id": event.id,
+        "delivery_id": claim.delivery_id,
+        "source": event.source,
+        "task_id": event.task_id,
+        "destination": claim.destination,
+        "attempt": claim.attempt,
+        "outcome": name,
+        "duration_ms": round((now - started) * 1000, 1),
+    }
+    if outcome.detail:
+        fields["reason"] = outcome.detail
+    if outcome.state == "pending" and outcome.next_attempt_at is not None:
+        fields["next_attempt_at"] = (
+            datetime.fromtimestamp(outcome.next_attempt_at, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        fields["next_attempt_in_s"] = round(max(0.0, outcome.next_attempt_at - now), 1)
+    return fields
 
 
 def _outcome_name(outcome: Outcome) -> str:

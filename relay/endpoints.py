@@ -1,11 +1,13 @@
-"""The HTTP endpoints besides /hooks/ (see ``relay.hooks``): health, readiness, metrics."""
+"""The HTTP endpoints besides /hooks/ (see ``relay.hooks``): health, readiness, metrics, and
+the admin API (``relay.admin``)."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from relay.admin.api import admin_app
 from relay.errors import StoreUnavailableError
 from relay.metrics import CONTENT_TYPE
 from relay.runtime import Runtime
@@ -35,20 +37,27 @@ async def readyz(request: Request) -> Response:
             "sources": sorted(rules.sources),
             "destinations": sorted(rules.destinations),
             "routes": len(rules.routes),
+            "rules_hash": state.rulebook.hash,
         }
     )
 
 
 async def metrics(request: Request) -> Response:
     """The process's metrics in the Prometheus text format."""
-    runtime = _state(request)
-    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+    rt = _state(request)
+    body = await rt.metrics.scrape(rt.store, rt.clock(), rt.rulebook.rules.destinations)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     """Everything but /hooks/, which ``relay.hooks`` serves before these routes are tried."""
+    admin = admin_app()
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        # /admin itself too, so it answers like every admin path (no redirect giving the
+        # API away while it is off).
+        Route("/admin", admin, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Mount("/admin", app=admin),
     ]

@@ -26,6 +26,7 @@ from relay.errors import (
 from relay.metrics import UNKNOWN_SOURCE
 from relay.providers.base import Ignored
 from relay.receiver import Quarantined, Request
+from relay.redaction import mask_path
 from relay.runtime import Runtime
 
 log = logging.getLogger("relay.hooks")
@@ -64,7 +65,9 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
-# The reason class of each refusal, for the metrics.
+# How much of a path or a reason a log line shows.
+_SHOWN = 300
+# The reason class of each refusal, for the metrics and the log.
 _REFUSED = {
     401: "refused_auth",
     400: "refused_payload",
@@ -75,24 +78,46 @@ _REFUSED = {
 
 async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
-    where = parse_path(scope["path"])
+    path: str = scope["path"]
+    where = parse_path(path)
     known = where is not None and where[0] in state.rulebook.rules.sources
     source = where[0] if where is not None and known else UNKNOWN_SOURCE
+    client = scope.get("client")
+    client_ip: str | None = client[0] if client else None
+    body = b""
 
-    def count(outcome: str) -> None:
+    def done(
+        outcome: str,
+        status: int,
+        level: int = logging.INFO,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """After the answer: count it, keep a refusal, and log the callback's one line."""
         state.metrics.callback(source, outcome, time.perf_counter() - started)
+        if reason is not None:
+            state.rejected.note(source, client_ip, path, status, reason, body)
+        if log.isEnabledFor(level):
+            fields = {"source": source, "outcome": outcome, "status": status}
+            if extra is not None:
+                fields.update(extra)
+            # Cut: a scanner's path (and the reason quoting it) can be kilobytes long.
+            if reason is not None:
+                fields["reason"] = reason[:_SHOWN]
+            fields["client"] = client_ip
+            fields["path"] = mask_path(path[: _SHOWN * 2])[:_SHOWN]
+            log.log(level, "callback %s", outcome, extra=fields)
 
     if scope["method"] != "POST":
         await respond(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
-        count("refused_method")
+        done("refused_method", 405, reason=f"method {scope['method']} (use POST)")
         return
     if where is None:
-        await respond(send, 404, {"error": f"no hook at {scope['path']}"})
-        count("refused_unknown_source")
+        await respond(send, 404, {"error": f"no hook at {path}"})
+        done("refused_unknown_source", 404, reason=f"no hook at {mask_path(path)}")
         return
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     query = scope.get("query_string", b"")
-    client = scope.get("client")
     try:
         body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
         result = await state.receiver.receive(
@@ -102,41 +127,40 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
                 headers=headers,
                 body=body,
                 query=dict(parse_qsl(query.decode("latin-1"))) if query else {},
-                client_ip=client[0] if client else None,
+                client_ip=client_ip,
             )
         )
     except Disconnected:
         return
     except RequestError as exc:
-        if exc.status != 404:
-            log.info("refused %s: %d %s", scope["path"], exc.status, exc.reason)
         await respond(send, exc.status, {"error": exc.reason})
-        count(_REFUSED.get(exc.status, "refused_payload"))
+        done(_REFUSED.get(exc.status, "refused_payload"), exc.status, reason=exc.reason)
         return
     except UpstreamUnavailableError as exc:
-        log.warning("cross-check failed, answered 503: %s", exc)
         await respond(send, 503, {"error": str(exc)}, [(b"retry-after", b"5")])
-        count("crosscheck_unavailable")
+        done("crosscheck_unavailable", 503, logging.WARNING, f"cross-check failed: {exc}")
         return
     except StoreUnavailableError as exc:
         # 503, never 4xx: providers such as APIMart give up at once on a 4xx.
-        log.error("store unavailable, answered 503: %s", exc)
         await respond(
             send, 503, {"error": "store unavailable, retry later"}, [(b"retry-after", b"5")]
         )
-        count("store_unavailable")
+        done("store_unavailable", 503, logging.ERROR, f"store unavailable: {exc}")
         return
     except Exception:
-        log.exception("unhandled error on %s", scope["path"])
+        log.exception(
+            "unhandled error on %s", mask_path(path), extra={"source": source, "status": 500}
+        )
         await respond(send, 500, {"error": "internal error"})
+        state.rejected.note(source, client_ip, path, 500, "internal error", body)
         return
     if isinstance(result, Ignored):
         await respond(send, 200, {"ignored": result.reason})
-        count("ignored")
+        done("ignored", 200, extra={"ignored": result.reason})
     elif isinstance(result, Quarantined):
         # 200: it is stored, and a 4xx would make the provider give it up for good.
         await respond(send, 200, {"quarantined": result.quarantine_id, "reason": result.reason})
-        count("quarantined")
+        done("quarantined", 200, extra={"quarantine_id": result.quarantine_id})
     else:
         await respond(
             send,
@@ -147,7 +171,17 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
                 "deliveries": result.deliveries,
             },
         )
-        count("duplicate" if result.duplicate else "accepted")
+        done(
+            "duplicate" if result.duplicate else "accepted",
+            200,
+            extra={
+                "event_id": result.event_id,
+                "task_id": result.task_id,
+                "task_status": result.status,
+                "deliveries": result.deliveries,
+                "duplicate": result.duplicate,
+            },
+        )
 
 
 async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:

@@ -1,4 +1,5 @@
-"""The commands that look into the store and act on it: deliveries, replay, events, reprocess.
+"""The commands that look into the store and act on it: deliveries, replay, events, reprocess,
+prune and purge.
 
 Each opens the database the settings name (never creating one that does not exist), does its
 work, and answers with an exit code; store errors are one line on stderr, never a traceback.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relay.admin import operations as ops
+from relay.admin import schemas
+from relay.admin.params import parse_moment
 from relay.errors import (
     ConfigError,
     RequestError,
@@ -27,7 +32,14 @@ from relay.errors import (
 from relay.events import TaskEvent
 from relay.settings import Settings
 from relay.store import open_store
-from relay.store.base import DeliveryRecord, QuarantinedCallback, Store
+from relay.store.base import (
+    DeliveryFilter,
+    DeliveryRecord,
+    EventFilter,
+    QuarantinedCallback,
+    RejectedRequest,
+    Store,
+)
 from relay.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -110,13 +122,48 @@ def deliveries_table(rows: Sequence[DeliveryRecord]) -> str:
     return columns(headers, lines)
 
 
+def _moments(args: argparse.Namespace, now: float) -> tuple[float | None, float | None]:
+    """--since and --until as unix seconds; ValueError names the flag."""
+    found: list[float | None] = []
+    for flag in ("since", "until"):
+        text = getattr(args, flag, None)
+        try:
+            found.append(None if text is None else parse_moment(text, now))
+        except ValueError as exc:
+            raise ValueError(f"--{flag}: {exc}") from None
+    return found[0], found[1]
+
+
+def _delivery_filter(args: argparse.Namespace, now: float, state: Any = None) -> DeliveryFilter:
+    since, until = _moments(args, now)
+    return DeliveryFilter(
+        state=state if state is not None else args.state,
+        destination=args.destination,
+        since=since,
+        until=until,
+    )
+
+
+def _usage(command: str, exc: ValueError) -> int:
+    print(f"relay {command}: {exc}", file=sys.stderr)
+    return 2
+
+
 def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        where = _delivery_filter(args, time.time())
+    except ValueError as exc:
+        return _usage("deliveries", exc)
+
     async def work(store: Store) -> int:
         if args.id:
             return await _one_delivery(store, args.id, as_json=args.json)
-        rows = await store.list_deliveries(args.state, args.limit)
+        page = await ops.deliveries_page(store, where, args.limit, None)
+        rows = page.items
         if args.json:
-            print(json.dumps([asdict(r) for r in rows], indent=2))
+            print(
+                json.dumps([schemas.Delivery.of(r).model_dump(mode="json") for r in rows], indent=2)
+            )
         elif rows:
             print(deliveries_table(rows))
         else:
@@ -127,44 +174,87 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _one_delivery(store: Store, delivery_id: str, *, as_json: bool) -> int:
-    record = await store.get_delivery(delivery_id)
-    if record is None:
+    found = await ops.delivery_detail(store, delivery_id)
+    if found is None:
         print(f"relay deliveries: no delivery {delivery_id}", file=sys.stderr)
         return 1
-    history = await store.attempts(delivery_id)
     if as_json:
-        print(json.dumps({**asdict(record), "attempt_log": [asdict(a) for a in history]}, indent=2))
+        shown = schemas.Delivery.of(found.delivery, found.attempts)
+        print(json.dumps(shown.model_dump(mode="json"), indent=2))
         return 0
-    print(deliveries_table([record]))
+    print(deliveries_table([found.delivery]))
     print("\nattempts:")
     # Numbered in order: a replay starts the retry count again, not the history.
-    for n, a in enumerate(history, start=1):
+    for n, a in enumerate(found.attempts, start=1):
         print(f"  #{n} {when(a.finished_at)} {a.state}: {a.detail}")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay named deliveries, or every one a filter matches (dead unless --state delivered)."""
+    filtered = any(getattr(args, f) is not None for f in ("destination", "since", "until"))
+    if not (args.ids or args.all_dead or filtered):
+        print(
+            "relay replay: name delivery ids, or filter with --destination/--since/--until, "
+            "or use --all-dead",
+            file=sys.stderr,
+        )
+        return 2
+    if args.ids and (filtered or args.all_dead):
+        print("relay replay: name delivery ids or filter, not both", file=sys.stderr)
+        return 2
+    now = time.time()
+    try:
+        where = _delivery_filter(args, now, state=args.state or "dead")
+    except ValueError as exc:
+        return _usage("replay", exc)
+
     async def work(store: Store) -> int:
-        ids = list(args.ids)
-        if args.all_dead:
-            dead = [r.id for r in await store.list_deliveries("dead", limit=_EVERYTHING)]
-            if not dead and not ids:
-                print("no dead deliveries to replay")
-                return 0
-            ids += dead
-        if not ids:
-            print("relay replay: name delivery ids or use --all-dead", file=sys.stderr)
-            return 2
+        if not args.ids:
+            return await _replay_matching(store, where, now, dry_run=args.dry_run)
         failed = 0
-        for delivery_id in ids:
-            if await store.replay(delivery_id, time.time()):
+        for delivery_id in dict.fromkeys(args.ids):
+            if args.dry_run:
+                found = await store.get_delivery(delivery_id)
+                state = found.state if found else "unknown"
+                print(
+                    f"{delivery_id}: {state}, would "
+                    + ("be replayed" if state in ("dead", "delivered") else "not be replayed")
+                )
+                continue
+            answer = await ops.replay_one(store, delivery_id, time.time())
+            if answer == "replayed":
                 print(f"{delivery_id}: pending again, due now")
-            else:
-                failed += 1
-                print(f"{delivery_id}: not replayed (unknown or not dead)", file=sys.stderr)
+                continue
+            failed += 1
+            why = "no such delivery" if answer == "unknown" else "it is pending or sending already"
+            print(f"{delivery_id}: not replayed ({why})", file=sys.stderr)
         return 1 if failed else 0
 
     return with_store(settings, work)
+
+
+async def _replay_matching(
+    store: Store, where: DeliveryFilter, now: float, *, dry_run: bool
+) -> int:
+    result = await ops.replay_matching(store, where, now, dry_run=dry_run)
+    what = f"{where.state} deliveries" + (f" to {where.destination}" if where.destination else "")
+    if where.since is not None or where.until is not None:
+        start = when(where.since) if where.since is not None else "the start"
+        end = when(where.until) if where.until is not None else "now"
+        what += f" created from {start} to {end}"
+    if dry_run:
+        print(f"would replay {result.matched} {what}")
+        for delivery_id in result.ids:
+            print(f"  {delivery_id}")
+        if result.matched > len(result.ids):
+            print(f"  … and {result.matched - len(result.ids)} more")
+        return 0
+    if not result.matched:
+        print(f"no {what} to replay")
+        return 0
+    print(f"replayed {result.replayed} of {result.matched} {what}: pending again, due now")
+    return 0 if result.replayed == result.matched else 1
 
 
 # --- events and the quarantine --------------------------------------------------------------
@@ -206,6 +296,20 @@ def _quarantine_json(q: QuarantinedCallback) -> dict[str, Any]:
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        since, until = _moments(args, time.time())
+    except ValueError as exc:
+        return _usage("events", exc)
+    where = EventFilter(
+        source=args.source,
+        provider=args.provider,
+        status=args.status,
+        task_id=args.task,
+        model=args.model,
+        since=since,
+        until=until,
+    )
+
     async def work(store: Store) -> int:
         if args.quarantined:
             rows = await store.list_quarantined(args.limit, include_reprocessed=args.all)
@@ -217,7 +321,8 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 print("no quarantined callbacks")
             return 0
-        events = await store.list_events(args.limit)
+        page = await ops.events_page(store, where, args.limit, None)
+        events = page.items
         if args.json:
             print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
         elif events:
@@ -287,3 +392,121 @@ async def _reprocess_one(receiver: Receiver, store: Store, quarantine_id: str) -
     )
     print(f"{quarantine_id}: {said}")
     return True
+
+
+# --- retention: prune and purge -------------------------------------------------------------
+
+
+def age_argument(text: str) -> float:
+    """An ``--before`` age on the command line: the rules' duration syntax (30d, 12h)."""
+    from relay.routing.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove delivered events older than ``--before``, by default the retention in force
+    (RELAY_RETENTION, else the rules' ``retention.delivered``, else 7 days)."""
+    from relay.retention import describe, in_batches
+
+    age: float | None = args.before
+    if age is None:
+        try:
+            age = _retention_in_force(settings)
+        except ConfigError as exc:
+            print_problems(exc)
+            return 2
+    if age is None:
+        print("retention is off (RELAY_RETENTION or the rules' retention.delivered): nothing")
+        print("pruned; give --before AGE to prune anyway")
+        return 0
+    before = time.time() - age
+    what = f"delivered, received before {when(before)}"
+
+    async def work(store: Store) -> int:
+        if args.dry_run:
+            count = await store.prune(before, _EVERYTHING, dry_run=True)
+            print(f"would prune {describe(count)} ({what})")
+        else:
+            count = await in_batches(store.prune, before)
+            print(f"pruned {describe(count)} ({what})")
+        return 0
+
+    return with_store(settings, work)
+
+
+def _retention_in_force(settings: Settings) -> float | None:
+    """The retention ``relay serve`` would prune with: the rules are read only if
+    RELAY_RETENTION does not say. Raises ConfigError for broken rules."""
+    from relay.providers import default_providers
+    from relay.providers.checks import source_checks
+    from relay.retention import delivered_retention
+    from relay.routing.loader import load_rules
+    from relay.routing.model import Rules
+
+    if settings.retention is not None:
+        return delivered_retention(settings, Rules())
+    providers = default_providers()
+    loaded = load_rules(settings.rules, os.environ, providers.keys(), source_checks(providers))
+    return delivered_retention(settings, loaded.rules)
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove dead deliveries that died over ``--before`` ago, their attempts, and their
+    events once no delivery of the event is left. For good: they can no longer be replayed."""
+    from relay.retention import describe, in_batches
+
+    before = time.time() - args.before
+    what = f"dead deliveries last tried before {when(before)}"
+
+    async def work(store: Store) -> int:
+        if args.dry_run:
+            count = await store.purge_dead(before, _EVERYTHING, dry_run=True)
+            print(f"would purge {describe(count)} ({what})")
+        else:
+            count = await in_batches(store.purge_dead, before, unit=lambda count: count.deliveries)
+            print(f"purged {describe(count)} ({what})")
+        return 0
+
+    return with_store(settings, work)
+
+
+# --- refused requests -----------------------------------------------------------------------
+
+
+def rejected_table(rows: Sequence[RejectedRequest]) -> str:
+    headers = ["RECEIVED", "SOURCE", "CLIENT", "STATUS", "PATH", "REASON"]
+    lines = [
+        [
+            when(r.received_at),
+            r.source,
+            r.client_ip or "-",
+            str(r.status),
+            r.path,
+            r.reason[:100],
+        ]
+        for r in rows
+    ]
+    return columns(headers, lines)
+
+
+def cmd_rejected(args: argparse.Namespace, settings: Settings) -> int:
+    """The newest refused requests (of one source with ``--source``): why a callback did not
+    arrive. ``--json`` adds the redacted excerpt of each body."""
+    from relay.rejected import rejected_json
+
+    async def work(store: Store) -> int:
+        rows = await store.list_rejected(args.source, args.limit)
+        if args.json:
+            print(json.dumps([rejected_json(r) for r in rows], indent=2, ensure_ascii=False))
+        elif rows:
+            print(rejected_table(rows))
+            print("\nthe bodies' redacted excerpts: relay rejected --json")
+        else:
+            print("no refused requests" + (f" to source {args.source}" if args.source else ""))
+        return 0
+
+    return with_store(settings, work)

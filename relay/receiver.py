@@ -37,6 +37,9 @@ class Accepted(NamedTuple):
     event_id: str
     duplicate: bool
     deliveries: int
+    # For the endpoint's log line.
+    task_id: str = ""
+    status: str = ""
 
 
 class Quarantined(NamedTuple):
@@ -131,6 +134,21 @@ class Receiver:
     def targets(self, event: TaskEvent) -> list[Target]:
         return route(self._rulebook.rules, event)
 
+    def deliveries(self, event: TaskEvent, targets: list[Target]) -> list[NewDelivery]:
+        """One new delivery per target, under the rules in force (ingest and a re-route)."""
+        destinations = self._rulebook.rules.destinations
+        # Channels that keep one message per task get the task's events in order.
+        group = f"{event.source}/{event.task_id}"
+        return [
+            NewDelivery(
+                self._ids("dlv"),
+                t.destination,
+                t.route,
+                group if destinations[t.destination].ordered else None,
+            )
+            for t in targets
+        ]
+
     async def receive(self, request: Request) -> Accepted | Ignored | Quarantined:
         inbound = self.inbound(request)
         try:
@@ -203,33 +221,20 @@ class Receiver:
             # status, whatever the provider's retries change (GoAPI's body timestamp).
             result.dedupe_key = final_dedupe_key(result)
         targets = self.targets(result)
-        destinations = self._rulebook.rules.destinations
-        # Channels that keep one message per task get the task's events in order.
-        group = f"{result.source}/{result.task_id}"
-        deliveries = [
-            NewDelivery(
-                self._ids("dlv"),
-                t.destination,
-                t.route,
-                group if destinations[t.destination].ordered else None,
-            )
-            for t in targets
-        ]
+        deliveries = self.deliveries(result, targets)
         stored = await self._store.ingest(result, deliveries)
         if result.final and not stored.duplicate and self._metrics is not None:
             self._metrics.task(result.provider, result.model, result.status)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()
-        if log.isEnabledFor(logging.INFO):  # the line's arguments cost a share of a callback
-            log.info(
-                "%s %s task %s %s: %s",
-                "duplicate" if stored.duplicate else "accepted",
-                result.source,
-                result.task_id,
-                result.status,
-                ", ".join(t.destination for t in targets) or "no route",
-            )
-        return Accepted(stored.event_id, stored.duplicate, 0 if stored.duplicate else len(targets))
+        # The endpoint logs the callback's one line (relay.hooks).
+        return Accepted(
+            stored.event_id,
+            stored.duplicate,
+            0 if stored.duplicate else len(targets),
+            result.task_id,
+            result.status,
+        )
 
 
 def final_dedupe_key(event: TaskEvent) -> str:

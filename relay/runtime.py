@@ -7,10 +7,12 @@ from here, so a dependency added once reaches every process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import aiohttp
@@ -21,16 +23,32 @@ from relay.channels import ChannelFactory, default_channel_types
 from relay.channels.base import ChannelDeps
 from relay.crosscheck import CrossChecker
 from relay.dispatcher import Dispatcher
+from relay.logs import follow_in_logs
 from relay.metrics import Metrics
 from relay.providers import default_providers
 from relay.providers.base import Provider
 from relay.receiver import Receiver
+from relay.redaction import Secrets, settings_secrets
+from relay.rejected import RejectedLog
+from relay.reload import RulesWatcher
 from relay.render.names import ProviderInfo, ProviderNames
+from relay.retention import Pruner, delivered_retention
 from relay.rulebook import RuleBook
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.base import Store
 from relay.store.memory import MemoryStore
+
+log = logging.getLogger("relay")
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background loop of a long-running process (serve, worker): ``run(stop)`` works until
+    ``stop`` is set, then returns."""
+
+    name: str
+    run: Callable[[asyncio.Event], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,30 @@ class Runtime:
     http: aiohttp.ClientSession
     clock: Callable[[], float]
     metrics: Metrics
+    # Refused requests, noted by the hook endpoint (``relay rejected``, GET /admin/rejected).
+    rejected: RejectedLog
+    # Started by long-running processes only (not by a dry run or a one-shot command).
+    services: tuple[Service, ...] = field(default=())
+
+
+@contextlib.asynccontextmanager
+async def running_services(runtime: Runtime, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Run every background service of ``runtime`` until ``stop`` is set and the block ends;
+    then wait for each to return. A service that crashes is logged, never silently gone."""
+
+    async def guarded(service: Service) -> None:
+        try:
+            await service.run(stop)
+        except Exception:
+            log.exception("background service %s stopped with an error", service.name)
+
+    tasks = [asyncio.create_task(guarded(s), name=s.name) for s in runtime.services]
+    try:
+        yield
+    finally:
+        stop.set()
+        if tasks:
+            await asyncio.gather(*tasks)
 
 
 def provider_names(providers: Mapping[str, Provider]) -> ProviderNames:
@@ -74,6 +116,7 @@ async def build_runtime(
     channel_types: Mapping[str, ChannelFactory] | None = None,
     dispatch: bool | None = None,
     dry_run: bool = False,
+    notes: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Open the store and the HTTP clients, load the rules, build the channels, the receiver
     and (with ``dispatch``, by default ``settings.dispatch``) the dispatcher; close everything
@@ -81,8 +124,9 @@ async def build_runtime(
     that cannot be opened.
 
     ``dry_run``: nothing is stored or sent: the store is an empty in-memory one and there is
-    no dispatcher. Dependencies not given are built from ``settings`` and ``env`` (the process
-    environment by default).
+    no dispatcher. ``notes=False``: the rules' notes (defaults in use) are not logged (a
+    check before the real start, which logs them). Dependencies not given are built from
+    ``settings`` and ``env`` (the process environment by default).
     """
     if dry_run:
         store, dispatch = MemoryStore(), False
@@ -99,17 +143,23 @@ async def build_runtime(
             httpx.AsyncClient(headers={"user-agent": f"relay/{__version__}"})
         )
         registry = providers if providers is not None else default_providers()
+        metrics = Metrics()
         rulebook = RuleBook(
             settings.rules,
             registry,
             channel_types if channel_types is not None else default_channel_types(),
             ChannelDeps(http=http, clock=clock, state=the_store, names=provider_names(registry)),
             env=env,
+            metrics=metrics.rules,
+            notes=notes,
         )
+        # Every secret of the settings and of the rules in force (followed across reloads):
+        # scrubbed from the log and from what the refused-request log keeps.
+        secrets = Secrets(settings_secrets(settings), lambda: rulebook.rules)
+        stack.callback(follow_in_logs(secrets))
         # After the rules: broken rules are reported without touching (or creating) a database.
         await the_store.open()
         stack.push_async_callback(the_store.close)
-        metrics = Metrics()
         metrics.watch_store(the_store)
         dispatcher = None
         if delivering:
@@ -120,6 +170,7 @@ async def build_runtime(
                 concurrency=settings.concurrency,
                 lease_seconds=settings.lease_seconds,
                 metrics=metrics,
+                shutdown_grace=settings.shutdown_grace,
             )
         receiver = Receiver(
             rulebook,
@@ -130,4 +181,35 @@ async def build_runtime(
             crosscheck=CrossChecker(lookups),
             metrics=metrics,
         )
-        yield Runtime(settings, the_store, rulebook, receiver, dispatcher, http, clock, metrics)
+        rejected = RejectedLog(
+            the_store,
+            keep=settings.rejected_keep,
+            secrets=secrets,
+            clock=clock,
+            max_depth=settings.max_depth,
+        )
+        metrics.watch_rejected(lambda: rejected.dropped)
+        # Background loops of long-running processes (see ``running_services``).
+        services: list[Service] = []
+        if not dry_run:
+            services.append(Service("rejected-log", rejected.run))
+            services.append(Service("rules-watcher", RulesWatcher(rulebook).run))
+            pruner = Pruner(
+                the_store,
+                lambda: delivered_retention(settings, rulebook.rules),
+                clock=clock,
+                on_pruned=lambda n: metrics.prune(n.events, n.deliveries, n.attempts),
+            )
+            services.append(Service("retention", pruner.run))
+        yield Runtime(
+            settings,
+            the_store,
+            rulebook,
+            receiver,
+            dispatcher,
+            http,
+            clock,
+            metrics,
+            rejected=rejected,
+            services=tuple(services),
+        )

@@ -11,6 +11,9 @@ from typing import Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from relay.routing.durations import parse_duration
+from relay.routing.model import MIN_RETENTION
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -26,7 +29,19 @@ class Settings:
     lease_seconds: float = 60.0
     concurrency: int = 64
     log_level: str = "info"
+    # json or text; None: JSON unless stderr is a terminal.
+    log_format: str | None = None
+    # The admin API (/admin) is off unless a token is set.
     admin_token: SecretStr | None = field(default=None, repr=False)
+    # Seconds `serve` and `worker` wait on SIGTERM for in-flight requests and sends.
+    shutdown_grace: float = 10.0
+    # Delivered events older than this many seconds are pruned; None: the rules' `retention:`
+    # or its default (7 days).
+    retention: float | None = None
+    # Refused requests kept per source for `GET /admin/rejected` and `relay rejected`.
+    rejected_keep: int = 100
+    # `relay worker` serves /metrics on this port when set.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,11 +87,31 @@ class _Environment(BaseModel):
     concurrency: int = Field(_DEFAULTS.concurrency, alias="RELAY_CONCURRENCY", ge=1)
     log_level: _LogLevel = Field(cast(_LogLevel, _DEFAULTS.log_level), alias="RELAY_LOG_LEVEL")
     dispatch: bool = Field(_DEFAULTS.dispatch, alias="RELAY_DISPATCH")
+    log_format: Literal["json", "text"] | None = Field(None, alias="RELAY_LOG_FORMAT")
+    admin_token: SecretStr | None = Field(None, alias="RELAY_ADMIN_TOKEN", min_length=16)
+    shutdown_grace: float = Field(
+        _DEFAULTS.shutdown_grace, alias="RELAY_SHUTDOWN_GRACE", ge=0, allow_inf_nan=False
+    )
+    retention: float | None = Field(None, alias="RELAY_RETENTION")
+    rejected_keep: int = Field(_DEFAULTS.rejected_keep, alias="RELAY_REJECTED_KEEP", ge=0)
+    metrics_port: int | None = Field(None, alias="RELAY_METRICS_PORT", ge=1, le=65535)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        # The rules' duration syntax: 7d, 12h, 3600; "off" keeps everything.
+        if isinstance(value, str) and value.strip().lower() in ("off", "never"):
+            return float("inf")
+        seconds = parse_duration(value)
+        if seconds < MIN_RETENTION:
+            # A pruned event no longer catches a provider's late retry as a duplicate.
+            raise ValueError("must be at least 1h (or off)")
+        return seconds
 
 
 _VARIABLES = tuple(
@@ -86,13 +121,24 @@ _HINTS = {
     "int_parsing": "must be a whole number",
     "float_parsing": "must be a number",
     "bool_parsing": "must be 1 or 0 (true/false, yes/no, on/off)",
-    "literal_error": "must be one of debug, info, warning, error, critical",
+    "string_too_short": "must be at least {min_length} characters",
+    "too_short": "must be at least {min_length} characters",
 }
+# Their values are never shown in a message.
+_SECRET_VARIABLES = frozenset({"RELAY_ADMIN_TOKEN"})
 
 
 def _problem(error: ErrorDetails, given: Mapping[str, str]) -> str:
     name = str(error["loc"][0]) if error["loc"] else "environment"
-    why = _HINTS.get(error["type"], error["msg"].lower())
+    ctx = error.get("ctx", {})
+    if error["type"] == "literal_error":
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ").replace("'", "")
+        why = f"must be one of {expected}"
+    else:
+        why = _HINTS.get(error["type"], error["msg"].lower()).format(**ctx)
+    why = why.removeprefix("value error, ")
+    if name in _SECRET_VARIABLES:
+        return f"{name}: {why}"
     # The value is shown: these variables hold no secrets (the database URL's password is
     # never in a message, as that variable only fails to open, never to parse).
     return f"{name}={given.get(name, '')!r}: {why}"

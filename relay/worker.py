@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from relay.channels import ChannelFactory
+from relay.metrics_server import MetricsPortError, MetricsServer
 from relay.providers.base import Provider
-from relay.runtime import build_runtime
+from relay.runtime import build_runtime, running_services
 from relay.settings import Settings
 from relay.store.base import Store
 
@@ -45,6 +48,10 @@ async def run_worker(
     ) as runtime:
         dispatcher, rulebook = runtime.dispatcher, runtime.rulebook
         assert dispatcher is not None  # dispatch=True
+        if settings.metrics_port is not None:
+            # Bound before dispatching starts: a port in use stops the worker at once.
+            server = await MetricsServer.open(runtime, settings.host, settings.metrics_port)
+            runtime = replace(runtime, services=(*runtime.services, server.service))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, rulebook.reload)
@@ -55,7 +62,8 @@ async def run_worker(
             len(rulebook.rules.destinations),
         )
         try:
-            await dispatcher.run_forever(stop)
+            async with running_services(runtime, stop):
+                await dispatcher.run_forever(stop)
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -90,5 +98,9 @@ def main(settings: Settings) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except MetricsPortError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,12 +19,14 @@ class Received:
 @dataclass
 class Downstream:
     """Records every request; ``responses`` (a queue of (status, headers)) answers them,
-    then 200 once it is empty. ``delay`` holds each answer that many seconds."""
+    then 200 once it is empty. ``delay`` holds each answer that many seconds; ``hold``, if
+    set, is awaited before each answer (a test keeps a request open until it says so)."""
 
     received: list[Received] = field(default_factory=list)
     responses: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     delay: float = 0.0
     on_request: Callable[[Received], None] | None = None
+    hold: Callable[[Received], Awaitable[None]] | None = None
     port: int = 0
     _runner: web.AppRunner | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -41,6 +43,8 @@ class Downstream:
             self.on_request(item)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold:
+            await self.hold(item)
         status, headers = self.responses.pop(0) if self.responses else (200, {})
         return web.Response(status=status, headers=headers, text="ok" if status < 300 else "nope")
 

@@ -20,6 +20,7 @@ from relay.routing.envsubst import KeyPath, expand
 from relay.routing.model import (
     Destination,
     EmailDestination,
+    RetentionConfig,
     Route,
     Rules,
     SmtpSettings,
@@ -27,7 +28,7 @@ from relay.routing.model import (
 )
 from relay.routing.yamlfile import YamlFileError, read_yaml
 
-_SECTIONS = ("sources", "destinations", "routes", "smtp")
+_SECTIONS = ("sources", "destinations", "routes", "smtp", "retention")
 _SUFFIXES = (".yaml", ".yml")
 # Source names and tokens are URL path segments: /hooks/{name}/{token}.
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -74,6 +75,7 @@ def load_rules(
         raise ConfigError(merge.in_file_order())
     rules = Rules(
         smtp=merge.smtp[1] if merge.smtp else None,
+        retention=merge.retention,
         sources={name: cfg for name, (_, cfg) in merge.sources.items()},
         destinations={name: dest for name, (_, dest) in merge.destinations.items()},
         routes=[route for _, _, route in merge.routes],
@@ -190,6 +192,9 @@ class _Merge:
     # one bad key does not hide an unknown destination.
     route_targets: list[tuple[str, int, list[str]]] = field(default_factory=list)
     smtp: tuple[str, SmtpSettings] | None = None
+    # The retention: block, and the file that defines it (even if it is invalid).
+    retention: RetentionConfig | None = None
+    retention_file: str | None = None
     # The keys an smtp: block sets when it could not be validated (a variable unset, a bad
     # value): already reported there, so not "missing" again in each email destination.
     smtp_broken_keys: set[str] = field(default_factory=set)
@@ -254,6 +259,8 @@ class _Merge:
                 self.smtp_broken(tree["smtp"])
             else:
                 self.add_smtp(file, tree["smtp"])
+        if "retention" in tree and ("retention",) not in {where[:1] for where in unexpanded}:
+            self.add_retention(file, tree["retention"])
         self.add_named(file, "sources", tree.get("sources"), self.add_source, unexpanded)
         self.add_named(
             file, "destinations", tree.get("destinations"), self.add_destination, unexpanded
@@ -366,6 +373,15 @@ class _Merge:
             self.smtp = (file, settings)
         else:
             self.smtp_broken(raw)
+
+    def add_retention(self, file: str, raw: object) -> None:
+        if raw is None:
+            return
+        if self.retention_file is not None:
+            self.problem(file, ("retention",), f"already defined in {self.retention_file}")
+            return
+        self.retention_file = file
+        self.retention = self.validate(file, ("retention",), RetentionConfig.model_validate, raw)
 
     def smtp_broken(self, raw: object) -> None:
         if isinstance(raw, dict):

@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay import signing
-from relay.routing.durations import Duration
+from relay.routing.durations import Duration, parse_duration
 from relay.routing.matchers import Matcher, parse_matchers
 
 
@@ -284,8 +284,39 @@ class Route(_Strict):
         return [value] if isinstance(value, str) else value
 
 
+# Delivered events are kept this long (seconds) unless `retention:` or RELAY_RETENTION says.
+DEFAULT_RETENTION = 7 * 86400.0
+# The shortest retention the rules accept: an event is also what recognises a provider's
+# retry of its callback as a duplicate, and providers retry for hours.
+MIN_RETENTION = 3600.0
+
+
+class RetentionConfig(_Strict):
+    """How long finished work is kept (README: Retention). ``delivered``: seconds a delivered
+    event, with its deliveries and attempts, is kept; inf (``off``) keeps it for ever."""
+
+    delivered: float = DEFAULT_RETENTION
+
+    @field_validator("delivered", mode="before")
+    @classmethod
+    def _delivered(cls, value: object) -> float:
+        # YAML reads a bare `off` as false.
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return float("inf")
+        if value is True:
+            raise ValueError("must be a duration like '7d' or off")
+        seconds = parse_duration(value)
+        if seconds < MIN_RETENTION:
+            raise ValueError(
+                "must be at least 1h (a provider's retry of an older callback would be "
+                "delivered again) or off"
+            )
+        return seconds
+
+
 class Rules(_Strict):
     smtp: SmtpSettings | None = None
+    retention: RetentionConfig | None = None
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     destinations: dict[str, Destination] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)

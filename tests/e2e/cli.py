@@ -75,10 +75,13 @@ def free_port() -> int:
 
 
 class Serve:
-    """``relay serve`` as a subprocess; its output goes to a log file for failure messages."""
+    """``relay serve`` as a subprocess; its output goes to a log file for failure messages.
+    ``args`` are added to its command line."""
 
-    def __init__(self, cwd: Path, env: dict[str, str], name: str) -> None:
-        self.cwd, self.env = cwd, env
+    ready_path = "/readyz"
+
+    def __init__(self, cwd: Path, env: dict[str, str], name: str, *args: str) -> None:
+        self.cwd, self.env, self.args = cwd, env, args
         self.port = free_port()
         self.log = cwd / f"{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
@@ -90,17 +93,16 @@ class Serve:
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
+    def command(self) -> list[str]:
+        return ["serve", "--rules", "rules", "--port", str(self.port), *self.args]
+
     async def start(self) -> Serve:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "relay",
-                "serve",
-                "--rules",
-                "rules",
-                "--port",
-                str(self.port),
+                *self.command(),
                 cwd=self.cwd,
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -118,15 +120,16 @@ class Serve:
         deadline = time.monotonic() + within
         async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as client:
             while True:
+                what = f"relay {self.command()[0]}"
                 if proc.returncode is not None:
-                    raise AssertionError(f"relay serve exited early:\n{self.output()}")
+                    raise AssertionError(f"{what} exited early:\n{self.output()}")
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
+                    if (await client.get(self.ready_path)).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"relay serve did not become ready:\n{self.output()}")
+                    raise AssertionError(f"{what} did not become ready:\n{self.output()}")
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> int | None:
@@ -141,5 +144,17 @@ class Serve:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                raise AssertionError(f"relay serve ignored SIGTERM:\n{self.output()}") from None
+                raise AssertionError(
+                    f"relay {self.command()[0]} ignored SIGTERM:\n{self.output()}"
+                ) from None
         return proc.returncode
+
+
+class Worker(Serve):
+    """``relay worker --metrics-port`` as a subprocess: ``url`` is its metrics server, ready
+    once that answers /healthz."""
+
+    ready_path = "/healthz"
+
+    def command(self) -> list[str]:
+        return ["worker", "--rules", "rules", "--metrics-port", str(self.port), *self.args]

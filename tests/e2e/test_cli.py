@@ -437,10 +437,13 @@ async def test_dead_delivery_listed_inspected_replayed_and_then_delivered(serve_
     assert replay.out.strip() == f"{delivery_id}: pending again, due now"
     again = await arelay(cwd, "replay", delivery_id, env=env)
     assert again.code == 1
-    assert f"{delivery_id}: not replayed (unknown or not dead)" in again.err
+    assert f"{delivery_id}: not replayed (it is pending or sending already)" in again.err
+    unknown_id = await arelay(cwd, "replay", "dlv_nope", env=env)
+    assert unknown_id.code == 1
+    assert "dlv_nope: not replayed (no such delivery)" in unknown_id.err
     nothing = await arelay(cwd, "replay", env=env)
     assert nothing.code == 2
-    assert "name delivery ids or use --all-dead" in nothing.err
+    assert "name delivery ids, or filter with --destination/--since/--until" in nothing.err
     none_dead = await arelay(cwd, "replay", "--all-dead", env=env)
     assert none_dead.code == 0, none_dead.err
     assert none_dead.out.strip() == "no dead deliveries to replay"

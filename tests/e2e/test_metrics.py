@@ -1,11 +1,12 @@
-"""GET /metrics of the real app under uvicorn, after a scripted run: what each counter says."""
+"""GET /metrics of the real app under uvicorn, after a scripted run: what each counter says,
+and the queue figures (read from the store) while a delivery waits and once all is done."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,8 @@ async def relay(tmp_path: Path, downstream: Downstream) -> AsyncIterator[RelaySe
         rules=write_rules(tmp_path / "rules", RULES),
         db=f"sqlite:///{tmp_path / 'relay.db'}",
         max_body=4096,
+        # One send at a time: while the downstream holds one, the next due one waits.
+        concurrency=1,
     )
     server = await RelayServer(settings, env={"DOWN_URL": downstream.url}).start()
     yield server
@@ -69,15 +72,49 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
     return samples(r.text)
 
 
+def queue(found: Samples) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["destination"], dict(labels)["state"]): n
+        for (name, labels), n in found.items()
+        if name == "relay_queue_depth"
+    }
+
+
+async def scrape_until(
+    client: httpx.AsyncClient, done: Callable[[Samples], bool], what: str
+) -> Samples:
+    """Scrape until ``done`` holds (bounded): outcomes are recorded just after the answer."""
+    found: Samples = {}
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                found = await scrape(client)
+                if done(found):
+                    return found
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"never {what}; last scrape: {found}") from None
+
+
 async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstream) -> None:
-    # The first delivery is refused for good, the second fails once then goes through.
-    downstream.responses = [(400, {}), (503, {}), (200, {})]
+    # The first delivery is refused for good, the second fails once then goes through; the
+    # third request is held open until the queue has been looked at.
+    downstream.responses = [(400, {}), (503, {}), (200, {}), (200, {})]
+    release = asyncio.Event()
+
+    async def hold_the_third(item: object) -> None:
+        if len(downstream.received) == 3:
+            await release.wait()
+
+    downstream.hold = hold_the_third
     flux, headers = load("goapi/image_success_flux.json")
     failed, _ = load("goapi/failed_midjourney.json")
     progress, _ = load("goapi/midjourney_processing_progress.json")
+    luma, _ = load("goapi/video_success_luma.json")
     other, _ = load("novita/other_event_type_synthetic.json")
     async with httpx.AsyncClient(base_url=relay.url) as client:
-        for body in (flux, flux, failed, progress):  # accepted, duplicate, accepted, accepted
+        # accepted, duplicate, accepted, accepted (not final: routed nowhere), accepted
+        for body in (flux, flux, failed, progress, luma):
             assert (await client.post("/hooks/goapi", json=body, headers=headers)).is_success
         assert (await client.post(f"/hooks/novita/{TOKEN}", json=other)).json()["ignored"]
         bad = {"x-webhook-secret": "wrong"}
@@ -91,23 +128,40 @@ async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstre
         assert too_big.status_code == 413
         assert (await client.get("/hooks/goapi")).status_code == 405
 
-        await downstream.wait_for(3)
-        # The last outcome is recorded just after the receiver answered: bounded wait for it.
-        async with asyncio.timeout(10):
-            while True:
-                found = await scrape(client)
-                if (
-                    value(
-                        found,
-                        "relay_deliveries_total",
-                        destination="down",
-                        type="webhook",
-                        outcome="delivered",
-                    )
-                    == 1
-                ):
-                    break
-                await asyncio.sleep(0.05)
+        try:
+            # The third request (luma's first, or failed's retry) is held: the other one is
+            # due and waits for the only send slot, so it grows overdue.
+            waiting = {("down", "pending"): 1, ("down", "sending"): 1, ("down", "dead"): 1}
+            found = await scrape_until(
+                client,
+                lambda f: (
+                    queue(f) == waiting and value(f, "relay_queue_oldest_due_age_seconds") > 0
+                ),
+                "saw one delivery waiting, one sending and one dead",
+            )
+            assert value(found, "relay_queue_stats_up") == 1
+        finally:
+            release.set()
+
+        await downstream.wait_for(4)
+        found = await scrape_until(
+            client,
+            lambda f: (
+                value(
+                    f,
+                    "relay_deliveries_total",
+                    destination="down",
+                    type="webhook",
+                    outcome="delivered",
+                )
+                == 2
+                and queue(f)
+                == {("down", "pending"): 0, ("down", "sending"): 0, ("down", "dead"): 1}
+            ),
+            "saw both deliveries through and the queue settled",
+        )
+        # Nothing is overdue any more.
+        assert value(found, "relay_queue_oldest_due_age_seconds") == 0
 
     callbacks = {
         (dict(labels)["source"], dict(labels)["outcome"]): n
@@ -115,7 +169,7 @@ async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstre
         if name == "relay_callbacks_total"
     }
     assert callbacks == {
-        ("goapi", "accepted"): 3,
+        ("goapi", "accepted"): 4,
         ("goapi", "duplicate"): 1,
         ("novita", "ignored"): 1,
         ("goapi", "refused_auth"): 1,
@@ -125,19 +179,23 @@ async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstre
         # Sources not in the rules share one label: no series per probed path.
         ("(unknown)", "refused_unknown_source"): 2,
     }
-    assert value(found, "relay_ingest_seconds_count", source="goapi") == 8
+    assert value(found, "relay_ingest_seconds_count", source="goapi") == 9
     deliveries = {
         dict(labels)["outcome"]: n
         for (name, labels), n in found.items()
         if name == "relay_deliveries_total"
     }
-    assert deliveries == {"dead": 1, "retried": 1, "delivered": 1}
-    assert value(found, "relay_delivery_attempt_seconds_count", destination="down") == 3
+    assert deliveries == {"dead": 1, "retried": 1, "delivered": 2}
+    assert value(found, "relay_delivery_attempt_seconds_count", destination="down") == 4
     tasks = {
         (dict(labels)["model"], dict(labels)["status"]): n
         for (name, labels), n in found.items()
         if name == "relay_task_outcomes_total"
     }
-    assert tasks == {("Qubico/flux1-dev-advanced", "succeeded"): 1, ("midjourney", "failed"): 1}
+    assert tasks == {
+        ("Qubico/flux1-dev-advanced", "succeeded"): 1,
+        ("midjourney", "failed"): 1,
+        ("luma", "succeeded"): 1,
+    }
     assert value(found, "relay_lease_losses_total") == 0
     assert value(found, "relay_build_info", version=__version__) == 1
