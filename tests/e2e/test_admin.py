@@ -446,3 +446,35 @@ async def test_a_test_event_to_one_destination(
     assert "503" in failing["error"]
     unknown = await client.post("/admin/destinations/ghost/test")
     assert unknown.status_code == 404 and "known: down, other" in unknown.json()["error"]
+
+
+async def test_the_rejected_log_says_why_callbacks_did_not_arrive(
+    client: httpx.AsyncClient,
+) -> None:
+    body, _ = load("goapi/image_success_flux.json")
+    wrong = await client.post(
+        "/hooks/goapi",
+        json={**body, "api_key": "sk-do-not-keep"},
+        headers={"x-webhook-secret": "no"},
+    )
+    assert wrong.status_code == 401
+    assert (await client.post("/hooks/ghost/tok-9f8e7d6c5b", json={})).status_code == 404
+    found = await until(
+        client,
+        "/admin/rejected",
+        lambda r: len(r["rejected"]) == 2,
+        "both refusals kept",
+    )
+    unknown, refused = found["rejected"]  # newest first
+    assert (refused["source"], refused["status"]) == ("goapi", 401)
+    assert refused["reason"] == "x-webhook-secret does not match"
+    assert '"api_key":"[redacted]"' in refused["excerpt"]
+    assert "sk-do-not-keep" not in refused["excerpt"]
+    assert (unknown["source"], unknown["status"]) == ("(unknown)", 404)
+    assert "tok-9f8e7d6c5b" not in unknown["path"]
+    assert refused["received_at"].endswith("Z") and refused["client_ip"] == "127.0.0.1"
+
+    one = (await client.get("/admin/rejected", params={"source": "goapi"})).json()
+    assert [r["status"] for r in one["rejected"]] == [401]
+    assert len((await client.get("/admin/rejected", params={"limit": "1"})).json()["rejected"]) == 1
+    assert (await client.get("/admin/rejected", params={"limit": "0"})).status_code == 400
