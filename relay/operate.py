@@ -14,7 +14,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,16 +284,6 @@ def quarantine_table(rows: Sequence[QuarantinedCallback]) -> str:
     return columns(headers, lines)
 
 
-def _quarantine_json(q: QuarantinedCallback) -> dict[str, Any]:
-    shown = asdict(q)
-    body = q.body.decode("utf-8", "replace")
-    try:
-        shown["body"] = json.loads(body)
-    except ValueError:
-        shown["body"] = body
-    return shown
-
-
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     try:
         since, until = _moments(args, time.time())
@@ -314,7 +303,11 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         if args.quarantined:
             rows = await store.list_quarantined(args.limit, include_reprocessed=args.all)
             if args.json:
-                print(json.dumps([_quarantine_json(q) for q in rows], indent=2))
+                print(
+                    json.dumps(
+                        [schemas.Quarantined.of(q).model_dump(mode="json") for q in rows], indent=2
+                    )
+                )
             elif rows:
                 print(quarantine_table(rows))
                 print("\nread them again after an upgrade with: relay reprocess ID… | --all")

@@ -249,6 +249,12 @@ async def list_rejected(request: Request, rt: Runtime) -> Response:
     return _json(s.RejectedList(rejected=[s.Rejected.of(r) for r in rows]))
 
 
+async def list_quarantine(request: Request, rt: Runtime) -> Response:
+    q: s.QuarantineQuery = _query(request, s.QuarantineQuery)
+    rows = await rt.store.list_quarantined(q.limit, include_reprocessed=q.all)
+    return _json(s.QuarantineList(quarantined=[s.Quarantined.of(r) for r in rows]))
+
+
 async def openapi_document(request: Request) -> Response:
     """This API's OpenAPI document (built from ``ENDPOINTS``)."""
     from relay.admin.openapi import document
@@ -346,6 +352,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The last refused requests, per source: why a callback did not arrive",
         {200: s.RejectedList, 400: s.Error, 401: s.Error},
         query=s.RejectedQuery,
+    ),
+    Endpoint(
+        "GET",
+        "/quarantine",
+        list_quarantine,
+        "Verified callbacks relay could not read, kept for relay reprocess",
+        {200: s.QuarantineList, 400: s.Error, 401: s.Error},
+        query=s.QuarantineQuery,
     ),
 )
 

@@ -4,14 +4,21 @@ from the code. ``relay … --json`` prints the same shapes."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from relay.admin.params import ID_PATTERN, iso
 from relay.events import Status, TaskEvent
-from relay.store.base import AttemptRecord, DeliveryRecord, DeliveryState, RejectedRequest
+from relay.store.base import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+    QuarantinedCallback,
+    RejectedRequest,
+)
 
 _STRICT = ConfigDict(extra="forbid")
 # What a filter value may hold: printable text, no control characters (a NUL cannot be in any
@@ -52,6 +59,11 @@ class DeliveryQuery(_Query):
     until: Text | None = Until
     limit: int = Limit
     cursor: Text | None = Cursor
+
+
+class QuarantineQuery(_Query):
+    all: bool = Field(False, description="the reprocessed ones too")
+    limit: int = Limit
 
 
 class RejectedQuery(_Query):
@@ -219,3 +231,42 @@ class Rejected(BaseModel):
 
 class RejectedList(BaseModel):
     rejected: list[Rejected] = Field(description="newest first")
+
+
+class Quarantined(BaseModel):
+    id: str
+    source: str
+    provider: str
+    received_at: str
+    reason: str = Field(description="why the adapter could not read it")
+    state: Literal["quarantined", "reprocessed"]
+    event_id: str | None = Field(description="the event it became, once reprocessed")
+    body: Any = Field(description="the body as received, secrets redacted (JSON, or text)")
+    headers: dict[str, str] = Field(description="less those that carry a credential")
+    query: dict[str, str]
+    client_ip: str | None
+
+    @classmethod
+    def of(cls, q: QuarantinedCallback) -> Quarantined:
+        text = q.body.decode("utf-8", "replace")
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        return cls(
+            id=q.id,
+            source=q.source,
+            provider=q.provider,
+            received_at=iso(q.received_at) or "",
+            reason=q.reason,
+            state=q.state,
+            event_id=q.event_id,
+            body=body,
+            headers=q.headers,
+            query=q.query,
+            client_ip=q.client_ip,
+        )
+
+
+class QuarantineList(BaseModel):
+    quarantined: list[Quarantined] = Field(description="newest received first")

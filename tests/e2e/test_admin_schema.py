@@ -124,4 +124,5 @@ def test_the_document_lists_every_operation(served: str) -> None:
         ("/admin/destinations/{destination}/test", "post"),
         ("/admin/reload", "post"),
         ("/admin/rejected", "get"),
+        ("/admin/quarantine", "get"),
     }

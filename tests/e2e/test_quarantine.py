@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from relay.events import TaskEvent
@@ -48,6 +49,8 @@ routes:
   - to: [down]
 """
 APIMART_TOKEN = "tok-apimart-quarantine-7c1e"
+ADMIN = "quarantine-admin-token-1"
+ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
 
 
 class BuggyGoapi(UnifiedProvider):
@@ -71,7 +74,11 @@ def env(downstream: Downstream) -> dict[str, str]:
 @pytest.fixture
 async def relay(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[RelayServer]:
     write_rules(tmp_path / "rules", RULES)
-    settings = Settings(rules=tmp_path / "rules", db=f"sqlite:///{tmp_path / 'relay.db'}")
+    settings = Settings(
+        rules=tmp_path / "rules",
+        db=f"sqlite:///{tmp_path / 'relay.db'}",
+        admin_token=SecretStr(ADMIN),
+    )
     providers = {**default_providers(), "goapi": BuggyGoapi("goapi")}
     server = await RelayServer(settings, env=env, providers=providers).start()
     yield server
@@ -151,6 +158,10 @@ async def test_an_unreadable_callback_is_kept_listed_and_reprocessed(
     assert shown["id"] == answer["quarantined"] and shown["source"] == "goapi"
     assert shown["body"]["data"]["config"]["webhook_config"]["secret"] == "[redacted]"
     assert GOAPI_SECRET not in as_json.out
+    # The admin API shows the same.
+    async with httpx.AsyncClient(base_url=relay.url, headers=ADMIN_AUTH) as client:
+        api = (await client.get("/admin/quarantine")).json()["quarantined"]
+    assert api == json.loads(as_json.out)
 
     # After the upgrade (the command line has today's adapter), one command reads it again,
     # and the running relay delivers it like any new event.
@@ -172,6 +183,10 @@ async def test_an_unreadable_callback_is_kept_listed_and_reprocessed(
     # Reprocessed: no longer listed, unless asked; a second reprocess does nothing twice.
     listed = await arelay(tmp_path, "events", "--quarantined")
     assert listed.out.strip() == "no quarantined callbacks"
+    async with httpx.AsyncClient(base_url=relay.url, headers=ADMIN_AUTH) as client:
+        assert (await client.get("/admin/quarantine")).json() == {"quarantined": []}
+        kept = (await client.get("/admin/quarantine", params={"all": "true"})).json()
+    assert [(q["state"], q["event_id"]) for q in kept["quarantined"]] == [("reprocessed", event_id)]
     everything = await arelay(tmp_path, "events", "--quarantined", "--all")
     assert f"reprocessed as {event_id}" in everything.out
     again = await arelay(tmp_path, "reprocess", answer["quarantined"], env=cli_env)
