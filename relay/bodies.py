@@ -16,6 +16,7 @@ def _no_constant(name: str) -> Any:
 
 # Built once: json.loads with any keyword builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 # One pass over the body (bytes.translate) gives its shape, which answers two questions without
 # parsing: how many containers it opens (an upper bound on its depth), and whether it holds a
@@ -59,13 +60,27 @@ def _parse(body: bytes, max_depth: int, *, stdlib: bool) -> Any:
 def _parse_stdlib(body: bytes, max_depth: int) -> Any:
     try:
         # The C parser guards its own recursion (RecursionError at about 1,000 levels).
-        return _DECODER.decode(body.decode("utf-8-sig"))
+        value = _DECODER.decode(body.decode("utf-8-sig"))
     except RecursionError:
         raise PayloadError(f"JSON is nested deeper than {max_depth} levels") from None
     except UnicodeDecodeError:
         raise PayloadError("body is not UTF-8 text") from None
     except ValueError as exc:
         raise PayloadError(f"invalid JSON: {exc}") from None
+    if b"\\u" in body:
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    """The stdlib reads a lone surrogate escape (``"\\ud800"``) as a str no UTF-8 encoder can
+    write: refused here, before anything is stored, rather than failing in the store."""
+    try:
+        _ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(
+            "JSON holds a lone surrogate escape (like \\ud800): not valid Unicode text"
+        ) from None
 
 
 def _check_depth(value: Any, max_depth: int) -> None:

@@ -179,6 +179,9 @@ async def test_refused_requests_store_nothing(
         (b'"just a string"', "object"),
         (b"", "empty"),
         (b"[" * 200 + b"]" * 200, "nested"),
+        # Parses, but no store or envelope could write it: refused before anything is stored.
+        (b'{"data": {"task_id": "\\ud800"}}', "lone surrogate"),
+        (b'{"data": {"\\udfff": 1, "task_id": "t"}}', "lone surrogate"),
     ],
 )
 async def test_malformed_bodies_are_400_with_a_reason(

@@ -13,6 +13,11 @@ from relay.errors import PayloadError
         (b'{"a": NaN}', "NaN"),
         (b"[" * 100 + b"]" * 100, "nested deeper"),
         (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        # The stdlib reads lone surrogates; nothing can encode them as UTF-8 again.
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b'{"\\udfff": 1}', "lone surrogate"),
+        (b'{"a": ["x", {"b": "\\udc00 tail"}]}', "lone surrogate"),
+        (b'{"n": 123456789012345678901234567890, "a": "\\ud800"}', "lone surrogate"),
     ],
 )
 def test_bad_json_is_a_payload_error_with_a_reason(body: bytes, reason: str) -> None:
@@ -34,8 +39,9 @@ def test_nesting_up_to_the_limit_is_fine() -> None:
         (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
         # What orjson refuses and the stdlib accepts.
         (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),
-        (b'{"a": "\\ud800"}', {"a": "\ud800"}),
         (b'{"a": 1e400}', {"a": float("inf")}),
+        # Escapes, a surrogate pair among them.
+        (b'{"a": "\\ud83d\\ude00", "b": "\\u00e9"}', {"a": "\U0001f600", "b": "\u00e9"}),
         # The usual case.
         (
             b'{"a": [1, 2.5, "x", null, true], "b": {"c": -0}}',
