@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
@@ -26,7 +25,7 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
 )
-from relay.providers.kit import api_key, build_event, percent
+from relay.providers.kit import api_key, build_event, percent, task_segment
 from relay.providers.unsigned import TokenOnly
 from relay.routing.model import SourceConfig
 
@@ -77,7 +76,7 @@ class ApimartProvider(TokenOnly):
         base = config.api_url or self.default_api_url
         key = api_key(config)
         return StatusRequest(
-            f"{base}/v1/tasks/{quote(task_id, safe='')}", {"Authorization": f"Bearer {key}"}
+            f"{base}/v1/tasks/{task_segment(task_id)}", {"Authorization": f"Bearer {key}"}
         )
 
     def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:

@@ -6,6 +6,7 @@ and to check a shared-secret header.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -77,3 +78,12 @@ def check_secret_header(inbound: Inbound, header: str) -> None:
         raise VerificationError(f"{header} header missing")
     if not secrets_equal(secret.get_secret_value(), given):
         raise VerificationError(f"{header} does not match")
+
+
+def task_segment(task_id: str) -> str:
+    """``task_id`` as one path segment of a status-API URL: quoted whole, so a slash cannot open
+    another path; refused (400) when it is a dot segment (``.``, ``..``), which HTTP clients
+    collapse, so that our API key would go to another URL of the provider's API."""
+    if task_id in ("", ".", ".."):
+        raise PayloadError(f"task id {task_id!r} cannot be looked up: not a usable path segment")
+    return quote(task_id, safe="")

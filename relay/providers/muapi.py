@@ -12,7 +12,6 @@ timings}``. ``outputs`` are bare URLs with no media kind, so the kind comes from
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from relay.errors import PayloadError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
@@ -24,7 +23,7 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
 )
-from relay.providers.kit import api_key, build_event, percent
+from relay.providers.kit import api_key, build_event, percent, task_segment
 from relay.providers.muapi_outputs import read_outputs
 from relay.providers.unsigned import TokenOnly
 from relay.routing.model import SourceConfig
@@ -69,7 +68,7 @@ class MuapiProvider(TokenOnly):
         base = config.api_url or self.default_api_url
         key = api_key(config)
         return StatusRequest(
-            f"{base}/api/v1/predictions/{quote(task_id, safe='')}/result", {"x-api-key": key}
+            f"{base}/api/v1/predictions/{task_segment(task_id)}/result", {"x-api-key": key}
         )
 
     def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from relay.errors import PayloadError, VerificationError
 from relay.events import FINAL_STATUSES, Status, TaskError, TaskEvent
@@ -21,7 +20,7 @@ from relay.providers.common import (
     parse_time,
     redact_in_place,
 )
-from relay.providers.kit import api_key, build_event, check_secret_header, percent
+from relay.providers.kit import api_key, build_event, check_secret_header, percent, task_segment
 from relay.providers.unified_outputs import collect_outputs
 from relay.routing.model import SourceConfig
 
@@ -88,7 +87,7 @@ class UnifiedProvider:
         """GET {api_url}/api/v1/task/{task_id} with our x-api-key."""
         base = config.api_url or self.default_api_url
         key = api_key(config)
-        return StatusRequest(f"{base}/api/v1/task/{quote(task_id, safe='')}", {"x-api-key": key})
+        return StatusRequest(f"{base}/api/v1/task/{task_segment(task_id)}", {"x-api-key": key})
 
     def from_status(self, inbound: Inbound, body: Any, callback: TaskEvent) -> TaskEvent | None:
         """The status API answers ``{code, data: <the task>, message}``, the task in the same
