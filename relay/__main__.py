@@ -91,6 +91,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # SIGTERM: stop accepting, let open requests finish this long (whole seconds, as
         # uvicorn takes it); then the lifespan gives the dispatcher's sends the grace again.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        # The client address (allow_ips, logs) is the connection's unless RELAY_TRUSTED_PROXIES
+        # names the proxies in front: uvicorn's default trusts X-Forwarded-For from loopback,
+        # which anything on the same host could forge.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     server = uvicorn.Server(config)
     try:

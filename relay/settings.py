@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class Settings:
     rejected_keep: int = 100
     # `relay worker` serves /metrics on this port when set.
     metrics_port: int | None = None
+    # Addresses or networks of the proxies whose X-Forwarded-For (and -Proto) are believed;
+    # empty: none, the client address is the connection's.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +99,23 @@ class _Environment(BaseModel):
     retention: float | None = Field(None, alias="RELAY_RETENTION")
     rejected_keep: int = Field(_DEFAULTS.rejected_keep, alias="RELAY_REJECTED_KEEP", ge=0)
     metrics_port: int | None = Field(None, alias="RELAY_METRICS_PORT", ge=1, le=65535)
+    trusted_proxies: tuple[str, ...] = Field((), alias="RELAY_TRUSTED_PROXIES")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        # Comma-separated addresses or networks: 10.0.0.0/8, 127.0.0.1, fd00::/8.
+        if not isinstance(value, str):
+            return value
+        found = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            try:
+                found.append(str(ipaddress.ip_network(part, strict=False)))
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network") from None
+        return tuple(found)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
