@@ -268,7 +268,9 @@ async def test_postgres_listings_read_their_indexes(pg_url: str) -> None:
         ("events_source_received_id", pq.find_events_query(EventFilter(source="s1"), 100, None)),
         ("events_task", pq.find_events_query(EventFilter(task_id="t5"), 100, None)),
         ("deliveries_event", pq.find_deliveries_query(DeliveryFilter(event_id="ev5"), 100, None)),
-        ("Index Only Scan using deliveries_queue", (pq.QUEUE_DEPTH_SQL, None)),
+        # Index-only once the visibility map is set, which VACUUM cannot promise while any
+        # other session of the cluster holds an old snapshot: the index is what is certain.
+        ("deliveries_queue", (pq.QUEUE_DEPTH_SQL, None)),
         ("Index Scan using deliveries_due", (pq.OLDEST_DUE_SQL, [1e12])),
     ]
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
