@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from relay.escape import one_line
 from relay.redaction import Secrets, longest_first, mask_path, scrub, settings_secrets
 from relay.settings import Settings
 
@@ -128,7 +129,8 @@ class TextFormatter(logging.Formatter):
         self.scrubber = scrubber
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = record.getMessage()
+        # The message may quote outside text (a path, a remote answer): one line, always.
+        record.message = one_line(record.getMessage())
         record.asctime = self.formatTime(record)
         line = self.formatMessage(record)
         fields = " ".join(f"{key}={_text_value(value)}" for key, value in _fields(record))

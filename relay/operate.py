@@ -28,6 +28,7 @@ from relay.errors import (
     UnreadableCallbackError,
     UpstreamUnavailableError,
 )
+from relay.escape import one_line
 from relay.events import TaskEvent
 from relay.settings import Settings
 from relay.store import open_store
@@ -90,7 +91,10 @@ def when(ts: float | None) -> str:
 
 
 def columns(headers: list[str], lines: list[list[str]]) -> str:
-    """A plain table: one space-padded column per header."""
+    """A plain table: one space-padded column per header. Cells hold outside text (task ids,
+    errors from remote answers): their control characters are escaped, so none can forge a
+    row or drive the terminal."""
+    lines = [[one_line(cell) for cell in line] for line in lines]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     out += [
@@ -185,7 +189,7 @@ async def _one_delivery(store: Store, delivery_id: str, *, as_json: bool) -> int
     print("\nattempts:")
     # Numbered in order: a replay starts the retry count again, not the history.
     for n, a in enumerate(found.attempts, start=1):
-        print(f"  #{n} {when(a.finished_at)} {a.state}: {a.detail}")
+        print(f"  #{n} {when(a.finished_at)} {a.state}: {one_line(a.detail)}")
     return 0
 
 

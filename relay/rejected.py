@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from relay.admin.params import iso
 from relay.bodies import parse_json
 from relay.errors import PayloadError, StoreUnavailableError
+from relay.escape import CONTROLS
 from relay.providers.common import REDACTED, is_sensitive_key, redact_in_place
 from relay.redaction import Secrets, mask_path
 from relay.store.base import RejectedRequest, Store
@@ -47,13 +48,6 @@ _JSON_MEMBER = re.compile(
 )
 # A form or query field: key=value.
 _FORM_FIELD = re.compile(r"(?:^|(?<=[&\s;]))(?P<name>[A-Za-z0-9_.-]{1,64})=(?P<value>[^&\s;]*)")
-# C0 and C1 controls and DEL as escapes: an excerpt is one safe line of text.
-_CONTROLS = {
-    **{i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))},
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-    ord("\t"): "\\t",
-}
 
 
 class _Note(NamedTuple):
@@ -120,7 +114,7 @@ def excerpt(
     for secret in secrets:  # longest first
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = text.translate(_CONTROLS)
+    text = text.translate(CONTROLS)
     if len(text) > limit or len(body) < size:
         text = f"{text[:limit]}… ({size} bytes)"
     return text
@@ -199,7 +193,7 @@ class RejectedLog:
             client_ip=note.client_ip,
             path=scrub(mask_path(note.path))[:_PATH_CHARS],
             status=note.status,
-            reason=scrub(" ".join(note.reason.split()))[:_REASON_CHARS].translate(_CONTROLS),
+            reason=scrub(" ".join(note.reason.split()))[:_REASON_CHARS].translate(CONTROLS),
             excerpt=excerpt(note.body, note.size, secrets, max_depth=self._max_depth),
         )
 

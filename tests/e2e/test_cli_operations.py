@@ -130,3 +130,20 @@ async def test_events_by_status_and_source(relay: RelayServer) -> None:
     assert len(out.strip().splitlines()) == 3  # header and two events
     code, out, _ = await cli(relay, "events", "--model", "no-such-model")
     assert (code, out.strip()) == (0, "no events")
+
+
+async def test_outside_text_cannot_forge_rows_of_the_tables(
+    relay: RelayServer, downstream: Downstream
+) -> None:
+    downstream.responses = [(400, {})]
+    forged = "t-1\r\nevt_forged  2026-01-01 00:00:00Z  goapi  x  succeeded  \x1b[31mred"
+    await post(relay, "goapi/image_success_flux.json", task_id=forged)
+    await wait_deliveries(relay, 1, "--state", "dead")
+    for command in (("events",), ("deliveries",)):
+        code, out, err = await cli(relay, *command)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert len(lines) == 2, out  # the header and the one row
+        assert "\x1b" not in out and "\r" not in out
+        assert "t-1\\r\\nevt_forged" in lines[1]
+        assert "\\x1b[31mred" in lines[1]

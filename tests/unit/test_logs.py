@@ -199,6 +199,16 @@ def test_text_lines_append_the_fields_as_key_value() -> None:
     assert "\nTraceback" in multi and "plain-secret" not in multi
 
 
+def test_outside_text_cannot_forge_a_text_line() -> None:
+    formatter = TextFormatter(LogScrubber(Secrets()))
+    line = formatter.format(
+        record("no hook at %s", "/hooks/x\r\n2026-01-01 INFO relay: forged", task_id="a\nb")
+    )
+    assert "\n" not in line and "\r" not in line
+    assert "no hook at /hooks/x\\r\\n2026-01-01 INFO relay: forged" in line
+    assert 'task_id="a\\nb"' in line
+
+
 class _Tty(io.StringIO):
     def isatty(self) -> bool:
         return True
