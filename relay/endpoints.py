@@ -3,6 +3,8 @@ the admin API (``relay.admin``)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -26,10 +28,16 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready to accept callbacks: rules loaded and the store reachable."""
     state = _state(request)
+    limit = state.settings.answer_timeout
     try:
-        await state.store.ping()
+        # A write, within the time a callback gets: ready means callbacks are stored now.
+        async with asyncio.timeout(limit):
+            await state.store.ping()
     except StoreUnavailableError as exc:
         return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
+    except TimeoutError:
+        reason = f"store: ping: no answer within {limit:g} s"
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
     rules = state.rulebook.rules
     return JSONResponse(
         {

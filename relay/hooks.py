@@ -8,6 +8,7 @@ to providers" says, and never lets an exception reach the client as a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -85,6 +86,7 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     client = scope.get("client")
     client_ip: str | None = client[0] if client else None
     body = b""
+    deadline: asyncio.Timeout | None = None
 
     def done(
         outcome: str,
@@ -120,17 +122,29 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     query = scope.get("query_string", b"")
     try:
         body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
-        result = await state.receiver.receive(
-            Request(
-                source=where[0],
-                token=where[1],
-                headers=headers,
-                body=body,
-                query=dict(parse_qsl(query.decode("latin-1"))) if query else {},
-                client_ip=client_ip,
+        # A bounded answer whatever the store or a status API does: a provider that waits
+        # too long counts the callback as failed anyway, and retries it.
+        deadline = asyncio.timeout(state.settings.answer_timeout)
+        async with deadline:
+            result = await state.receiver.receive(
+                Request(
+                    source=where[0],
+                    token=where[1],
+                    headers=headers,
+                    body=body,
+                    query=dict(parse_qsl(query.decode("latin-1"))) if query else {},
+                    client_ip=client_ip,
+                )
             )
-        )
     except Disconnected:
+        return
+    except TimeoutError:
+        if deadline is None or not deadline.expired():
+            raise
+        # Possibly stored after all: the provider's retry is then a duplicate, answered 200.
+        why = f"not stored within {state.settings.answer_timeout:g} s, retry later"
+        await respond(send, 503, {"error": why}, [(b"retry-after", b"5")])
+        done("timed_out", 503, logging.ERROR, why)
         return
     except RequestError as exc:
         await respond(send, exc.status, {"error": exc.reason})

@@ -37,6 +37,7 @@ CALLBACK_OUTCOMES = (
     "refused_method",
     "store_unavailable",
     "crosscheck_unavailable",
+    "timed_out",
 )
 DELIVERY_OUTCOMES = ("delivered", "retried", "deferred", "dead")
 # A provider answers within seconds; an attempt may take up to its destination's timeout.

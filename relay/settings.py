@@ -34,6 +34,9 @@ class Settings:
     log_format: str | None = None
     # The admin API (/admin) is off unless a token is set.
     admin_token: SecretStr | None = field(default=None, repr=False)
+    # Seconds a callback waits for its event to be stored (and any cross-check) before it is
+    # answered 503: providers give up on slower answers (Novita after 5 s).
+    answer_timeout: float = 3.0
     # Seconds `serve` and `worker` wait on SIGTERM for in-flight requests and sends.
     shutdown_grace: float = 10.0
     # Delivered events older than this many seconds are pruned; None: the rules' `retention:`
@@ -93,6 +96,9 @@ class _Environment(BaseModel):
     dispatch: bool = Field(_DEFAULTS.dispatch, alias="RELAY_DISPATCH")
     log_format: Literal["json", "text"] | None = Field(None, alias="RELAY_LOG_FORMAT")
     admin_token: SecretStr | None = Field(None, alias="RELAY_ADMIN_TOKEN", min_length=16)
+    answer_timeout: float = Field(
+        _DEFAULTS.answer_timeout, alias="RELAY_ANSWER_TIMEOUT", gt=0, allow_inf_nan=False
+    )
     shutdown_grace: float = Field(
         _DEFAULTS.shutdown_grace, alias="RELAY_SHUTDOWN_GRACE", ge=0, allow_inf_nan=False
     )

@@ -167,6 +167,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rejected_source_received ON rejected (source, received_at, seq);
     """,
+    # Readiness writes: a row rewritten by every ping, so a full disk or a read-only server
+    # shows in /readyz, not only in the callbacks' 503s.
+    """
+    CREATE TABLE heartbeat (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 # Ingests and replays NOTIFY this channel (delivered at commit); workers LISTEN on it.
@@ -395,9 +403,10 @@ PUT_STATE_SQL = """
     SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
 """
 # A write a read-only transaction or a standby refuses, that changes nothing.
+# A real write, committed: fails on a read-only, full or unreachable server, as ingest would.
 PING_SQL = """
-    WITH w AS (UPDATE schema_version SET version = version WHERE false RETURNING 1)
-    SELECT count(*) FROM schema_version
+    INSERT INTO heartbeat (id, at) VALUES (1, extract(epoch FROM clock_timestamp()))
+    ON CONFLICT (id) DO UPDATE SET at = excluded.at
 """
 
 

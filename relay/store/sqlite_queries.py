@@ -146,6 +146,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS rejected_source_received ON rejected (source, received_at, seq);
     """,
+    # Readiness writes: a row rewritten by every ping, so a full disk or a read-only file
+    # shows in /readyz, not only in the callbacks' 503s.
+    """
+    CREATE TABLE IF NOT EXISTS heartbeat (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at REAL NOT NULL
+    );
+    """,
 )
 
 _INSERT_EVENT = """
@@ -265,10 +273,14 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def ping(conn: sqlite3.Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock: fails on a read-only or locked database.
+    """A real write, committed: fails on a read-only, locked or full database, as ingest
+    would."""
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("SELECT count(*) FROM schema_version").fetchone()
-    conn.execute("ROLLBACK")
+    conn.execute(
+        "INSERT INTO heartbeat (id, at) VALUES (1, (julianday('now') - 2440587.5) * 86400.0)"
+        " ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+    )
+    conn.execute("COMMIT")
 
 
 def write_batch(

@@ -230,6 +230,7 @@ async def test_reopening_applies_migrations_once(db_path: str) -> None:
         "channel_state",
         "deliveries",
         "events",
+        "heartbeat",
         "pacing",
         "quarantine",
         "rejected",
@@ -315,3 +316,21 @@ async def test_an_ingest_right_after_another_is_written_too(store: SQLiteStore) 
         first = await store.ingest(make_event("k1"), one_delivery("k1"))
         second = await store.ingest(make_event("k2"), one_delivery("k2"))
     assert not first.duplicate and not second.duplicate
+
+
+async def test_ping_writes_so_a_locked_database_is_not_ready(db_path: str) -> None:
+    store = SQLiteStore(db_path, busy_timeout=0.1)
+    await store.open()
+    try:
+        await store.ping()
+        with other_connection(db_path) as conn:
+            (first,) = conn.execute("SELECT at FROM heartbeat").fetchone()
+        with write_lock(db_path):
+            with pytest.raises(StoreUnavailableError, match="ping"):
+                await store.ping()
+        await store.ping()  # the lock is gone: ready again
+        with other_connection(db_path) as conn:
+            (second,) = conn.execute("SELECT at FROM heartbeat").fetchone()
+        assert second >= first  # each ping commits a write
+    finally:
+        await store.close()
