@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from relay.app import create_app
+    from relay.http_limits import guarded_protocol
 
     if not _preflight(settings):
         return 2
@@ -96,6 +97,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # which anything on the same host could forge.
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
+        # The internet's clients: bounded heads (size, time) and connections.
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout),
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     try:

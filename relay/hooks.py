@@ -87,6 +87,7 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     client_ip: str | None = client[0] if client else None
     body = b""
     deadline: asyncio.Timeout | None = None
+    reading: asyncio.Timeout | None = None
 
     def done(
         outcome: str,
@@ -121,7 +122,10 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     query = scope.get("query_string", b"")
     try:
-        body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
+        # A body dribbled in for ever would hold its connection and memory: bounded.
+        reading = asyncio.timeout(state.settings.body_timeout)
+        async with reading:
+            body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
         # A bounded answer whatever the store or a status API does: a provider that waits
         # too long counts the callback as failed anyway, and retries it.
         deadline = asyncio.timeout(state.settings.answer_timeout)
@@ -139,6 +143,11 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     except Disconnected:
         return
     except TimeoutError:
+        if reading is not None and reading.expired():
+            why = f"body not received within {state.settings.body_timeout:g} s"
+            await respond(send, 408, {"error": why}, [(b"connection", b"close")])
+            done("refused_timeout", 408, reason=why)
+            return
         if deadline is None or not deadline.expired():
             raise
         # Possibly stored after all: the provider's retry is then a duplicate, answered 200.

@@ -35,6 +35,7 @@ CALLBACK_OUTCOMES = (
     "refused_unknown_source",
     "refused_too_large",
     "refused_method",
+    "refused_timeout",
     "store_unavailable",
     "crosscheck_unavailable",
     "timed_out",

@@ -34,6 +34,13 @@ class Settings:
     log_format: str | None = None
     # The admin API (/admin) is off unless a token is set.
     admin_token: SecretStr | None = field(default=None, repr=False)
+    # The request head (request line and headers): its largest size in bytes (431 above) and
+    # the seconds it may take from the connection (408 after); the body's seconds (408).
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    # Connections (and requests in progress) `relay serve` takes at once; 503 beyond.
+    max_connections: int = 1000
     # Seconds a callback waits for its event to be stored (and any cross-check) before it is
     # answered 503: providers give up on slower answers (Novita after 5 s).
     answer_timeout: float = 3.0
@@ -96,6 +103,16 @@ class _Environment(BaseModel):
     dispatch: bool = Field(_DEFAULTS.dispatch, alias="RELAY_DISPATCH")
     log_format: Literal["json", "text"] | None = Field(None, alias="RELAY_LOG_FORMAT")
     admin_token: SecretStr | None = Field(None, alias="RELAY_ADMIN_TOKEN", min_length=16)
+    max_header_bytes: int = Field(
+        _DEFAULTS.max_header_bytes, alias="RELAY_MAX_HEADER_BYTES", ge=1024
+    )
+    header_timeout: float = Field(
+        _DEFAULTS.header_timeout, alias="RELAY_HEADER_TIMEOUT", gt=0, allow_inf_nan=False
+    )
+    body_timeout: float = Field(
+        _DEFAULTS.body_timeout, alias="RELAY_BODY_TIMEOUT", gt=0, allow_inf_nan=False
+    )
+    max_connections: int = Field(_DEFAULTS.max_connections, alias="RELAY_MAX_CONNECTIONS", ge=1)
     answer_timeout: float = Field(
         _DEFAULTS.answer_timeout, alias="RELAY_ANSWER_TIMEOUT", gt=0, allow_inf_nan=False
     )

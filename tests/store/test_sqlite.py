@@ -325,9 +325,8 @@ async def test_ping_writes_so_a_locked_database_is_not_ready(db_path: str) -> No
         await store.ping()
         with other_connection(db_path) as conn:
             (first,) = conn.execute("SELECT at FROM heartbeat").fetchone()
-        with write_lock(db_path):
-            with pytest.raises(StoreUnavailableError, match="ping"):
-                await store.ping()
+        with write_lock(db_path), pytest.raises(StoreUnavailableError, match="ping"):
+            await store.ping()
         await store.ping()  # the lock is gone: ready again
         with other_connection(db_path) as conn:
             (second,) = conn.execute("SELECT at FROM heartbeat").fetchone()
