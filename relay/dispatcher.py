@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
+from relay.breaker import BreakerPolicy, Breakers
 from relay.channels.base import Channel, Delivery
 from relay.errors import (
     DeliveryDeferred,
@@ -37,6 +40,11 @@ class Routing:
     default_policy: RetryPolicy = field(default_factory=RetryPolicy)
     # Each destination's type (webhook, slack, email), for the metrics.
     types: Mapping[str, str] = field(default_factory=dict)
+    # Each destination's own bound on sends in flight (its `concurrency:`); absent: the
+    # default, never more than the dispatcher's own.
+    limits: Mapping[str, int] = field(default_factory=dict)
+    # Each destination's circuit breaker; absent: none.
+    breakers: Mapping[str, BreakerPolicy] = field(default_factory=dict)
 
     def policy(self, destination: str) -> RetryPolicy:
         return self.policies.get(destination, self.default_policy)
@@ -51,6 +59,8 @@ class DispatcherStats:
     lost_leases: int = 0
     # Leases given back unfinished at shutdown.
     released: int = 0
+    # Claims given straight back because their destination was already at its limit.
+    returned: int = 0
 
 
 class Dispatcher:
@@ -73,8 +83,12 @@ class Dispatcher:
         idle_seconds: float = 1.0,
         metrics: Metrics | None = None,
         shutdown_grace: float = 10.0,
+        breakers: Breakers | None = None,
+        destination_concurrency: int = 16,
     ) -> None:
         self._store = store
+        self._breakers = breakers if breakers is not None else Breakers(store, clock=clock)
+        self._destination_concurrency = destination_concurrency
         self._metrics = metrics
         self._routing = routing
         self._clock = clock
@@ -88,6 +102,8 @@ class Dispatcher:
         # recording an outcome): the ones given back if the grace period runs out.
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
         self._sending: dict[str, Claim] = {}
+        # Sends in flight per destination (each bounded by its limit).
+        self._busy: Counter[str] = Counter()
         # Set once ``stop`` is seen: nothing more is claimed, the sends under way finish.
         self.stopping = asyncio.Event()
         self.worker_id = uuid.uuid4().hex[:8]
@@ -98,8 +114,13 @@ class Dispatcher:
         self._wakeup.set()
 
     async def run_once(self) -> int:
-        """Claim one batch, send it all, record every outcome. Returns how many were claimed."""
-        claims = await self._store.claim(self._clock(), self._batch_size, self._lease_seconds)
+        """Claim one batch, send it all, record every outcome. Returns how many were claimed.
+        Destinations whose breaker is open are skipped; the per-destination limits are not
+        applied (``run_forever`` applies them)."""
+        skip = await self._skipped(self._routing())
+        claims = await self._store.claim(
+            self._clock(), self._batch_size, self._lease_seconds, skip=skip
+        )
         if claims:
             await asyncio.gather(*(self._attempt(claim) for claim in claims))
         return len(claims)
@@ -121,8 +142,14 @@ class Dispatcher:
                 await self._slot_or_stop(stop)
                 continue
             limit = min(self._batch_size, free)
+            routing = self._routing()
             try:
-                claims = await self._store.claim(self._clock(), limit, self._lease_seconds)
+                # Destinations at their limit or paused by their breaker take no claims: a
+                # sick destination's backlog never holds the slots a healthy one needs.
+                skip = await self._skipped(routing)
+                claims = await self._store.claim(
+                    self._clock(), limit, self._lease_seconds, skip=skip
+                )
             except StoreUnavailableError as exc:
                 log.warning("dispatcher: %s", exc)
                 claims = []
@@ -130,16 +157,27 @@ class Dispatcher:
                 # Never let the loop die silently: deliveries would pile up unnoticed.
                 log.exception("dispatcher: claim failed")
                 claims = []
+            over: list[Claim] = []
             for claim in claims:
+                if self._busy[claim.destination] >= self._limit(routing, claim.destination):
+                    # One batch brought more than the destination may take at once.
+                    over.append(claim)
+                    continue
+                self._busy[claim.destination] += 1
                 # Before the task starts: a task cancelled before its first step still has
                 # its lease given back.
                 self._sending[claim.delivery_id] = claim
                 task = asyncio.create_task(self._attempt(claim))
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
+            if over:
+                self.stats.returned += sum(
+                    await asyncio.gather(*(self._give_back(c) for c in over))
+                )
+                continue
             if len(claims) == limit:
                 continue
-            await self._sleep(stop)
+            await self._sleep(stop, paused=bool(skip))
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -197,19 +235,45 @@ class Dispatcher:
         finally:
             stopping.cancel()
 
+    def _limit(self, routing: Routing, destination: str) -> int:
+        """How many sends to ``destination`` may be in flight in this process now."""
+        own = routing.limits.get(destination, self._destination_concurrency)
+        probe = self._breakers.limit(destination) if destination in routing.breakers else None
+        return min(own, self._concurrency, probe if probe is not None else own)
+
+    async def _skipped(self, routing: Routing) -> list[str]:
+        """The destinations to leave out of the next claim: at their limit, or paused."""
+        await self._breakers.sync(routing.breakers)
+        skip = [name for name, n in self._busy.items() if n >= self._limit(routing, name)]
+        for name, policy in routing.breakers.items():
+            if name not in skip and await self._breakers.blocked(name, policy):
+                skip.append(name)
+        return skip
+
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        claim = self._in_flight.pop(task, None)
+        if claim is not None:
+            self._busy[claim.destination] -= 1
+            if self._busy[claim.destination] <= 0:
+                del self._busy[claim.destination]
         # A finished send may have scheduled a retry sooner than our next wake-up.
         self._wakeup.set()
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, *, paused: bool = False) -> None:
+        """Sleep until woken (new work, a send finished: a slot freed), ``stop``, the next due
+        time, a breaker's pause ending, or the idle poll. ``paused``: some destinations were
+        skipped, so work already due is theirs, waiting for a slot or its pause to end."""
         timeout = self._idle_seconds
         try:
             due = await self._store.next_due()
         except StoreUnavailableError:
             due = None
-        if due is not None:
-            timeout = min(timeout, max(0.0, due - self._clock()))
+        now = self._clock()
+        if due is not None and not (paused and due <= now):
+            timeout = min(timeout, max(0.0, due - now))
+        reopen = self._breakers.wake_at()
+        if reopen is not None:
+            timeout = min(timeout, max(0.0, reopen - now))
         # Never spin: due work we did not claim is already held by an in-flight send.
         timeout = max(timeout, 0.005)
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
@@ -223,6 +287,9 @@ class Dispatcher:
         started = self._clock()
         routing = self._routing()
         channel = routing.channels.get(claim.destination)
+        # What the breaker learns: delivered, a transient failure, or nothing (paced, refused
+        # for good: the destination answered).
+        result: Literal["ok", "failed", None] = None
         try:
             if channel is None:
                 raise PermanentDeliveryError(
@@ -235,15 +302,18 @@ class Dispatcher:
                     Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
                 )
             outcome = Outcome("delivered")
+            result = "ok"
         except DeliveryDeferred as wait:
             # Pacing: back in the queue, due when its turn comes; no attempt is spent.
             due = self._clock() + max(0.0, wait.seconds)
             outcome = Outcome("pending", wait.reason, due, deferred=True)
         except TimeoutError:
+            result = "failed"
             outcome = self._after_failure(
                 claim, TransientDeliveryError("attempt outlived its lease"), routing
             )
         except DeliveryError as exc:
+            result = "failed" if exc.transient else None
             outcome = self._after_failure(claim, exc, routing)
         except Exception as exc:  # a channel bug must not lose the delivery
             log.exception("dispatcher: %s to %s crashed", claim.delivery_id, claim.destination)
@@ -253,6 +323,9 @@ class Dispatcher:
         # The send is over (a cancelled one never gets here): from now on, shutdown lets the
         # outcome be recorded rather than give the lease back.
         self._sending.pop(claim.delivery_id, None)
+        await self._breakers.record(
+            claim.destination, routing.breakers.get(claim.destination), result
+        )
         await self._record(claim, outcome, started, routing.types.get(claim.destination, ""))
 
     def _after_failure(self, claim: Claim, error: DeliveryError, routing: Routing) -> Outcome:

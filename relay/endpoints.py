@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from relay.admin.api import admin_app
+from relay.breaker import read_views
 from relay.errors import StoreUnavailableError
 from relay.metrics import CONTENT_TYPE
 from relay.runtime import Runtime
@@ -39,11 +40,20 @@ async def readyz(request: Request) -> Response:
         reason = f"store: ping: no answer within {limit:g} s"
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
     rules = state.rulebook.rules
+    # A paused destination is shown, not counted against readiness: callbacks are still
+    # stored, and its deliveries wait for it.
+    try:
+        async with asyncio.timeout(limit):
+            breakers = await read_views(state.store, sorted(rules.destinations), state.clock())
+        detail = {name: b.as_json() for name, b in breakers.items()}
+    except (StoreUnavailableError, TimeoutError):
+        detail = {name: {"state": "unknown"} for name in sorted(rules.destinations)}
     return JSONResponse(
         {
             "ready": True,
             "sources": sorted(rules.sources),
             "destinations": sorted(rules.destinations),
+            "breakers": detail,
             "routes": len(rules.routes),
             "rules_hash": state.rulebook.hash,
         }

@@ -254,6 +254,18 @@ class Metrics:
         )
         for what in ("events", "deliveries", "attempts"):
             self.pruned.labels(what=what)
+        self.breaker_transitions = Counter(
+            "relay_breaker_transitions",
+            "Circuit breaker state changes made by this process, by destination and new state.",
+            ["destination", "to"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "relay_breaker_open",
+            "1 while a destination's circuit breaker pauses it (open or half open), else 0.",
+            ["destination"],
+            registry=r,
+        )
         build = Gauge("relay_build_info", "The relay version; always 1.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
         self._queue = _QueueCollector()
@@ -300,6 +312,12 @@ class Metrics:
         self.deliveries.labels(destination=destination, type=kind, outcome=outcome).inc()
         if outcome != "deferred":  # a paced delivery made no attempt
             self.attempt_seconds.labels(destination=destination).observe(seconds)
+
+    def breaker_transition(self, destination: str, to: str) -> None:
+        self.breaker_transitions.labels(destination=destination, to=to).inc()
+
+    def breaker_paused(self, destination: str, paused: bool) -> None:
+        self.breaker_open.labels(destination=destination).set(1 if paused else 0)
 
     def render(self, queue: QueueReading | None = None) -> bytes:
         """Every metric in the text format; the queue figures from ``queue`` if given."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from relay.admin import operations as ops
 from relay.admin import schemas
 from relay.admin.params import parse_moment
+from relay.breaker import iso, read_views
 from relay.errors import (
     ConfigError,
     RequestError,
@@ -168,12 +169,30 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
                 json.dumps([schemas.Delivery.of(r).model_dump(mode="json") for r in rows], indent=2)
             )
         elif rows:
+            paused = await paused_line(store, sorted({r.destination for r in rows}), time.time())
+            if paused:
+                print(paused)
             print(deliveries_table(rows))
         else:
             print("no deliveries" + (f" in state {args.state}" if args.state else ""))
         return 0
 
     return with_store(settings, work)
+
+
+async def paused_line(store: Store, destinations: Sequence[str], now: float) -> str:
+    """One line naming the destinations whose circuit breaker pauses them, and until when
+    (their deliveries wait, pending); empty if none is paused."""
+    views = await read_views(store, destinations, now)
+    paused = [
+        f"{name} ({v.state.replace('_', ' ')}"
+        + (f" until {iso(v.until)}" if v.state == "open" and v.until is not None else "")
+        + (f": {one_line(v.reason)}" if v.reason else "")
+        + ")"
+        for name, v in views.items()
+        if v.state != "closed"
+    ]
+    return "paused by their circuit breaker: " + ", ".join(paused) if paused else ""
 
 
 async def _one_delivery(store: Store, delivery_id: str, *, as_json: bool) -> int:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from relay.breaker import BreakerPolicy
 from relay.channels import ChannelFactory, build_channels
 from relay.channels.base import ChannelDeps
 from relay.dispatcher import Routing
@@ -104,7 +105,19 @@ class RuleBook:
             for name, dest in rules.destinations.items()
             if dest.retry is not None
         }
-        return Routing(channels, policies, types={n: d.type for n, d in rules.destinations.items()})
+        return Routing(
+            channels,
+            policies,
+            types={n: d.type for n, d in rules.destinations.items()},
+            limits={
+                n: d.concurrency for n, d in rules.destinations.items() if d.concurrency is not None
+            },
+            breakers={
+                n: BreakerPolicy(d.breaker.failures, d.breaker.pause, d.breaker.max_pause)
+                for n, d in rules.destinations.items()
+                if d.breaker is not None
+            },
+        )
 
     def reload(self, *, if_changed: bool = False) -> list[str]:
         """Load the rules again. On any problem keep the current ones, log and return every

@@ -19,6 +19,7 @@ import aiohttp
 import httpx
 
 from relay import __version__
+from relay.breaker import Breakers
 from relay.channels import ChannelFactory, default_channel_types
 from relay.channels.base import ChannelDeps
 from relay.crosscheck import CrossChecker
@@ -33,6 +34,7 @@ from relay.rejected import RejectedLog
 from relay.reload import RulesWatcher
 from relay.render.names import ProviderInfo, ProviderNames
 from relay.retention import Pruner, delivered_retention
+from relay.routing.model import DEFAULT_DESTINATION_CONCURRENCY
 from relay.rulebook import RuleBook
 from relay.settings import Settings
 from relay.store import open_store
@@ -171,6 +173,9 @@ async def build_runtime(
                 lease_seconds=settings.lease_seconds,
                 metrics=metrics,
                 shutdown_grace=settings.shutdown_grace,
+                # Shared with every process on this store through its channel state.
+                breakers=Breakers(the_store, clock=clock, metrics=metrics),
+                destination_concurrency=DEFAULT_DESTINATION_CONCURRENCY,
             )
         receiver = Receiver(
             rulebook,

@@ -47,7 +47,48 @@ class RetryConfig(_Strict):
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
-class WebhookDestination(_Strict):
+# Sends in flight to one destination, per process, unless its `concurrency:` says otherwise.
+DEFAULT_DESTINATION_CONCURRENCY = 16
+
+
+class BreakerConfig(_Strict):
+    """A destination's circuit breaker (README: Destinations, circuit breaker): after
+    ``failures`` transient failures in a row it pauses for ``pause``, doubled on each re-open
+    up to ``max_pause``, then lets one probe through."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    pause: Duration = 30.0
+    max_pause: Duration = 300.0
+
+    @model_validator(mode="after")
+    def _pauses(self) -> BreakerConfig:
+        if self.pause <= 0:
+            raise ValueError("pause must be more than 0s")
+        if self.max_pause < self.pause:
+            raise ValueError("max_pause must be at least pause")
+        return self
+
+
+class _Limits(_Strict):
+    """What every destination type takes: how many sends at once, and its circuit breaker."""
+
+    # None: the default (at most RELAY_CONCURRENCY, the process's own bound, either way).
+    concurrency: int | None = Field(default=None, ge=1)
+    # None or false (`off`): no breaker; absent: the default breaker.
+    breaker: BreakerConfig | None = Field(default_factory=BreakerConfig)
+
+    @field_validator("breaker", mode="before")
+    @classmethod
+    def _breaker(cls, value: object) -> object:
+        # YAML reads a bare `off` as false and `on` as true.
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
+        if value is True or (isinstance(value, str) and value.strip().lower() == "on"):
+            return {}
+        return value
+
+
+class WebhookDestination(_Limits):
     """POST the event, signed with Standard Webhooks headers when ``secret`` is set.
 
     ``secret`` may hold several space-separated ``whsec_`` secrets (a key rotation): every
@@ -90,7 +131,7 @@ class WebhookDestination(_Strict):
         return self
 
 
-class SlackDestination(_Strict):
+class SlackDestination(_Limits):
     """A Slack channel through the Web API (``token`` + ``channel``: one message per task,
     edited in place) or an incoming webhook (``webhook_url``: every event posts)."""
 
@@ -189,7 +230,7 @@ class SmtpSettings(_Strict):
 SMTP_KEYS: tuple[str, ...] = tuple(SmtpSettings.model_fields)
 
 
-class EmailDestination(SmtpSettings):
+class EmailDestination(SmtpSettings, _Limits):
     """Mail each event to ``to``, threaded per task (aiosmtplib)."""
 
     # Later mails of a task reply to its first one: the task's events must come in order.

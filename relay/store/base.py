@@ -7,7 +7,7 @@ The store only persists: it never sends and never decides retries. Times are uni
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
@@ -374,12 +374,16 @@ class Store(ChannelState, Protocol):
         when the data could not be made durable.
         """
 
-    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+    async def claim(
+        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+    ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries, oldest due first.
 
         Due: pending with ``next_attempt_at <= now``, or sending with an expired lease
         (its worker died), and not held back by an earlier delivery of its group (see
-        ``NewDelivery``). Each claim increments the delivery's attempt count.
+        ``NewDelivery``). Each claim increments the delivery's attempt count. Deliveries to
+        a destination in ``skip`` (at its concurrency limit, or paused by its breaker) are
+        left alone, so they take no claim from the others.
         """
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:

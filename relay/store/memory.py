@@ -11,7 +11,7 @@ import copy
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,12 +134,18 @@ class MemoryStore:
                 updated_at=at,
             )
 
-    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+    async def claim(
+        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+    ) -> list[Claim]:
         data = self._require("claim")
+        skipped = frozenset(skip)
         due = [
             d
             for d in data.deliveries.values()
-            if (at := d.due_at()) is not None and at <= now and not _held_back(data, d)
+            if (at := d.due_at()) is not None
+            and at <= now
+            and d.destination not in skipped
+            and not _held_back(data, d)
         ]
         due.sort(key=lambda d: (d.due_at(), d.seq))
         claims = []

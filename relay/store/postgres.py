@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -318,10 +318,14 @@ class PostgresStore:
                 results.append(exc)
         return results
 
-    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+    async def claim(
+        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+    ) -> list[Claim]:
         if limit <= 0:  # PostgreSQL refuses a negative LIMIT
             return []
-        return await self._run("claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds))
+        return await self._run(
+            "claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=list(skip))
+        )
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
         """Queued and written with the other outcomes waiting, in one statement (group

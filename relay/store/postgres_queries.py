@@ -256,6 +256,7 @@ CLAIM_SQL = f"""
         SELECT d.id, d.due_at, d.seq
         FROM deliveries AS d
         WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
+            AND d.destination <> ALL(%(skip)s::text[])
         ORDER BY d.due_at, d.seq
         LIMIT %(limit)s
         FOR UPDATE OF d SKIP LOCKED
@@ -529,9 +530,13 @@ async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult
     return results
 
 
-async def claim(conn: Conn, *, now: float, limit: int, lease: float) -> list[Claim]:
+async def claim(
+    conn: Conn, *, now: float, limit: int, lease: float, skip: Sequence[str] = ()
+) -> list[Claim]:
+    """Lease due deliveries, none to a destination in ``skip``."""
     lease_until = now + lease
-    cur = await conn.execute(CLAIM_SQL, {"now": now, "limit": limit, "until": lease_until})
+    params = {"now": now, "limit": limit, "until": lease_until, "skip": list(skip)}
+    cur = await conn.execute(CLAIM_SQL, params)
     return [
         Claim(
             delivery_id=delivery_id,

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -177,11 +177,14 @@ class SQLiteStore:
     def finish_batches(self) -> int:
         return self._finishes.batches
 
-    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+    async def claim(
+        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+    ) -> list[Claim]:
         if limit <= 0:  # SQLite reads a negative LIMIT as no limit
             return []
         return await self._submit(
-            "claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds)
+            "claim",
+            partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=tuple(skip)),
         )
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:

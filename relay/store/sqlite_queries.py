@@ -195,13 +195,24 @@ _NOT_HELD_BACK = """
 # INDEXED BY: without statistics the planner prefers deliveries_state_created and sorts
 # every pending row; the partial due index is always right here (and its predicate is
 # repeated verbatim in WHERE, which SQLite needs to use it).
-CLAIM_SQL = f"""
+_CLAIM_TEMPLATE = f"""
     SELECT d.id, d.destination, d.route, d.attempts, e.event_json
     FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id
-    WHERE d.state IN ('pending', 'sending') AND d.due_at <= ? AND {_NOT_HELD_BACK}
+    WHERE d.state IN ('pending', 'sending') AND d.due_at <= ? AND {_NOT_HELD_BACK}{{skip}}
     ORDER BY d.due_at, d.rowid
     LIMIT ?
 """
+
+
+def claim_sql(skipped: int) -> str:
+    """CLAIM_SQL leaving out the deliveries to ``skipped`` destinations (one ``?`` each)."""
+    if not skipped:
+        return _CLAIM_TEMPLATE.format(skip="")
+    marks = ", ".join("?" * skipped)
+    return _CLAIM_TEMPLATE.format(skip=f" AND d.destination NOT IN ({marks})")
+
+
+CLAIM_SQL = claim_sql(0)
 NEXT_DUE_SQL = f"""
     SELECT d.due_at FROM deliveries AS d INDEXED BY deliveries_due
     WHERE d.state IN ('pending', 'sending') AND {_NOT_HELD_BACK}
@@ -440,10 +451,13 @@ def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | Sto
         return StoreUnavailableError(f"store: ingest: {exc}")
 
 
-def claim(conn: sqlite3.Connection, *, now: float, limit: int, lease: float) -> list[Claim]:
-    """Lease due deliveries. BEGIN IMMEDIATE: another process cannot claim the same rows."""
+def claim(
+    conn: sqlite3.Connection, *, now: float, limit: int, lease: float, skip: Sequence[str] = ()
+) -> list[Claim]:
+    """Lease due deliveries, none to a destination in ``skip``. BEGIN IMMEDIATE: another
+    process cannot claim the same rows."""
     conn.execute("BEGIN IMMEDIATE")
-    rows = conn.execute(CLAIM_SQL, (now, limit)).fetchall()
+    rows = conn.execute(claim_sql(len(skip)), (now, *skip, limit)).fetchall()
     lease_until = now + lease
     claims = []
     for delivery_id, destination, route, attempts_so_far, event_json in rows:

@@ -21,7 +21,7 @@ from relay.events import TaskEvent
 from relay.store import sqlite_queries as q
 from relay.store.base import NewDelivery, Outcome
 from relay.store.sqlite import SQLiteStore
-from relay.store.sqlite_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL
+from relay.store.sqlite_queries import CLAIM_SQL, MIGRATIONS, NEXT_DUE_SQL, claim_sql
 
 T0 = 1_700_000_000.0
 
@@ -304,6 +304,10 @@ async def test_claim_and_next_due_read_the_due_index(store: SQLiteStore, db_path
     # Whether an earlier delivery of the group holds one back is an index look-up.
     held_back = "SEARCH p USING INDEX deliveries_group (grp=? AND destination=? AND rowid<?)"
     assert held_back in claim_plan
+    # Skipping destinations (fair claiming) keeps the same plan.
+    skip_plan = query_plan(db_path, claim_sql(2), (T0, "a", "b", 10))
+    assert "SEARCH d USING INDEX deliveries_due (due_at<?)" in skip_plan
+    assert "TEMP B-TREE" not in skip_plan
     next_plan = query_plan(db_path, NEXT_DUE_SQL)
     assert "SCAN d USING INDEX deliveries_due" in next_plan
     assert "TEMP B-TREE" not in next_plan
