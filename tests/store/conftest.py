@@ -1,4 +1,5 @@
-"""The ``store`` fixture: each test that takes it runs on every backend, freshly opened."""
+"""Store test fixtures: ``store`` runs a test on every backend, freshly opened; ``replicas``
+is two PostgreSQL stores on one database."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield backend
     finally:
         await backend.close()
+
+
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
+    """Two stores on one database, as two relay processes would have."""
+    stores = [PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)]
+    for s in stores:
+        await s.open()
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()

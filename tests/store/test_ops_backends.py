@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from relay.store import postgres_queries as pq
 from relay.store import sqlite_queries as sq
@@ -168,18 +167,6 @@ async def pg_sql(
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute(query, args)
         return await cur.fetchall() if cur.description else []
-
-
-@pytest.fixture
-async def replicas(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
-    stores = [PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)]
-    for s in stores:
-        await s.open()
-    try:
-        yield stores
-    finally:
-        for s in stores:
-            await s.close()
 
 
 async def test_a_version_2_postgres_database_is_upgraded_and_keeps_its_data(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -39,19 +39,6 @@ def make_event(key: str, *, id: str | None = None) -> TaskEvent:
         final=True,
         received_at=datetime.fromtimestamp(T0, UTC),
     )
-
-
-@pytest.fixture
-async def replicas(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
-    """Two stores on one database, as two relay processes would have."""
-    stores = [PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)]
-    for s in stores:
-        await s.open()
-    try:
-        yield stores
-    finally:
-        for s in stores:
-            await s.close()
 
 
 async def sql(url: str, query: str) -> list[tuple[object, ...]]:
