@@ -45,6 +45,8 @@ class Routing:
     limits: Mapping[str, int] = field(default_factory=dict)
     # Each destination's circuit breaker; absent: none.
     breakers: Mapping[str, BreakerPolicy] = field(default_factory=dict)
+    # Each destination's `rate:` as the seconds between two sends; absent: no rate limit.
+    rates: Mapping[str, float] = field(default_factory=dict)
 
     def policy(self, destination: str) -> RetryPolicy:
         return self.policies.get(destination, self.default_policy)
@@ -117,9 +119,10 @@ class Dispatcher:
         """Claim one batch, send it all, record every outcome. Returns how many were claimed.
         Destinations whose breaker is open are skipped; the per-destination limits are not
         applied (``run_forever`` applies them)."""
-        skip = await self._skipped(self._routing())
+        routing = self._routing()
+        skip = await self._skipped(routing)
         claims = await self._store.claim(
-            self._clock(), self._batch_size, self._lease_seconds, skip=skip
+            self._clock(), self._batch_size, self._lease_seconds, skip=skip, caps=routing.limits
         )
         if claims:
             await asyncio.gather(*(self._attempt(claim) for claim in claims))
@@ -145,10 +148,11 @@ class Dispatcher:
             routing = self._routing()
             try:
                 # Destinations at their limit or paused by their breaker take no claims: a
-                # sick destination's backlog never holds the slots a healthy one needs.
+                # sick destination's backlog never holds the slots a healthy one needs. The
+                # limits set in the rules are counted by the store, over every process.
                 skip = await self._skipped(routing)
                 claims = await self._store.claim(
-                    self._clock(), limit, self._lease_seconds, skip=skip
+                    self._clock(), limit, self._lease_seconds, skip=skip, caps=routing.limits
                 )
             except StoreUnavailableError as exc:
                 log.warning("dispatcher: %s", exc)
@@ -177,7 +181,9 @@ class Dispatcher:
                 continue
             if len(claims) == limit:
                 continue
-            await self._sleep(stop, paused=bool(skip))
+            # Fewer than asked: what is due and unclaimed belongs to destinations skipped or
+            # at their shared limit (slots another process holds: the idle poll looks again).
+            await self._sleep(stop, paused=bool(skip) or bool(routing.limits))
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -295,6 +301,15 @@ class Dispatcher:
                 raise PermanentDeliveryError(
                     f"destination '{claim.destination}' is no longer in the rules"
                 )
+            interval = routing.rates.get(claim.destination)
+            if interval is not None:
+                # The destination's rate: one slot per interval, shared through the store.
+                try:
+                    wait = await self._store.pace(f"rate:{claim.destination}", interval, started)
+                except StoreUnavailableError:
+                    wait = 1.0  # no slot to be had: not the destination's failure, wait
+                if wait > 0:
+                    raise DeliveryDeferred(wait, "rate limit")
             # The lease is the promise that nobody else sends this delivery meanwhile, so no
             # attempt may outlive it, whatever the channel's own timeout says.
             async with asyncio.timeout(max(0.0, claim.lease_until - self._clock()) * 0.9):

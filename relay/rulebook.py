@@ -117,6 +117,7 @@ class RuleBook:
                 for n, d in rules.destinations.items()
                 if d.breaker is not None
             },
+            rates={n: d.rate for n, d in rules.destinations.items() if d.rate is not None},
         )
 
     def reload(self, *, if_changed: bool = False) -> list[str]:

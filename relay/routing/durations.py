@@ -49,3 +49,40 @@ def parse_duration(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A pydantic field type: seconds as a float, written in the rules as ``parse_duration`` accepts."""
+
+
+_RATE = re.compile(rf"({_NUMBER})\s*/\s*(ms|s|sec|second|m|min|minute|h|hour|d|day)")
+_RATE_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+_RATE_HINT = "use sends per unit of time, e.g. '10/s', '300/min', '1000/h'"
+
+
+def parse_rate(value: object) -> float:
+    """Return the seconds between two sends of a rate such as ``"10/s"`` or ``"300/min"``
+    (a plain number is sends per second). Raises ``ValueError`` saying what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad rate {value!r}: {_RATE_HINT}")
+    if isinstance(value, int | float):
+        count, unit = float(value), 1.0
+    elif isinstance(value, str) and (match := _RATE.fullmatch(value.strip())):
+        count, unit = float(match.group(1)), _RATE_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"bad rate {value!r}: {_RATE_HINT}")
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"bad rate {value!r}: must be more than 0 sends")
+    return unit / count
+
+
+# A rate as the seconds between two sends.
+Rate = Annotated[float, BeforeValidator(parse_rate)]

@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay import signing
-from relay.routing.durations import Duration, parse_duration
+from relay.routing.durations import Duration, Rate, parse_duration
 from relay.routing.matchers import Matcher, parse_matchers
 
 
@@ -73,7 +73,11 @@ class _Limits(_Strict):
     """What every destination type takes: how many sends at once, and its circuit breaker."""
 
     # None: the default (at most RELAY_CONCURRENCY, the process's own bound, either way).
+    # Set: shared by every process on the store.
     concurrency: int | None = Field(default=None, ge=1)
+    # None: no rate limit; else the seconds between two sends (`rate: 10/s`), shared by every
+    # process on the store.
+    rate: Rate | None = None
     # None or false (`off`): no breaker; absent: the default breaker.
     breaker: BreakerConfig | None = Field(default_factory=BreakerConfig)
 

@@ -375,7 +375,13 @@ class Store(ChannelState, Protocol):
         """
 
     async def claim(
-        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip: Collection[str] = (),
+        caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries, oldest due first.
 
@@ -383,7 +389,10 @@ class Store(ChannelState, Protocol):
         (its worker died), and not held back by an earlier delivery of its group (see
         ``NewDelivery``). Each claim increments the delivery's attempt count. Deliveries to
         a destination in ``skip`` (at its concurrency limit, or paused by its breaker) are
-        left alone, so they take no claim from the others.
+        left alone, so they take no claim from the others. ``caps``: a destination named
+        there never has more than that many deliveries leased (sending, lease not expired)
+        at once, counted over every process on this store; claims that would pass it are
+        not made.
         """
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:

@@ -11,7 +11,7 @@ import copy
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -135,7 +135,13 @@ class MemoryStore:
             )
 
     async def claim(
-        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip: Collection[str] = (),
+        caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         data = self._require("claim")
         skipped = frozenset(skip)
@@ -148,8 +154,18 @@ class MemoryStore:
             and not _held_back(data, d)
         ]
         due.sort(key=lambda d: (d.due_at(), d.seq))
-        claims = []
-        for d in due[: max(limit, 0)]:
+        room = dict(caps or {})
+        for d in data.deliveries.values():
+            if d.destination in room and d.state == "sending" and (d.lease_until or 0) > now:
+                room[d.destination] -= 1
+        claims: list[Claim] = []
+        for d in due:
+            if len(claims) >= limit:
+                break
+            if d.destination in room:
+                if room[d.destination] <= 0:
+                    continue
+                room[d.destination] -= 1
             d.state = "sending"
             d.attempts += 1
             d.lease_token = secrets.token_hex(16)

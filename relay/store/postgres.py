@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -319,13 +319,18 @@ class PostgresStore:
         return results
 
     async def claim(
-        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip: Collection[str] = (),
+        caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         if limit <= 0:  # PostgreSQL refuses a negative LIMIT
             return []
-        return await self._run(
-            "claim", partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=list(skip))
-        )
+        fn = partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=list(skip), caps=caps)
+        return await self._run("claim", fn)
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
         """Queued and written with the other outcomes waiting, in one statement (group

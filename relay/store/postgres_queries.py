@@ -11,7 +11,7 @@ in DOUBLE PRECISION, so every backend hands back exactly the floats it was given
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from psycopg import AsyncConnection
@@ -274,6 +274,48 @@ CLAIM_SQL = f"""
     FROM leased AS l JOIN events AS e ON e.id = l.event_id
     ORDER BY l.was_due, l.seq
 """
+# CLAIM_SQL with caps: no destination in %(capped)s gets more rows than its %(room)s (its
+# cap less its leases in force). Run under CLAIM_CAPS_LOCK_SQL, so two claimers never count
+# the same free slots.
+CLAIM_CAPPED_SQL = f"""
+    WITH due AS (
+        SELECT d.id, d.due_at, d.seq, d.destination
+        FROM deliveries AS d
+        WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
+            AND d.destination <> ALL(%(skip)s::text[])
+        ORDER BY d.due_at, d.seq
+        LIMIT %(limit)s
+        FOR UPDATE OF d SKIP LOCKED
+    ), ranked AS (
+        SELECT due.id, due.due_at, due.seq, due.destination,
+            row_number() OVER (PARTITION BY due.destination ORDER BY due.due_at, due.seq) AS n
+        FROM due
+    ), picked AS (
+        SELECT r.id, r.due_at, r.seq
+        FROM ranked AS r
+        LEFT JOIN unnest(%(capped)s::text[], %(room)s::int[]) AS c(destination, room)
+            ON c.destination = r.destination
+        WHERE c.room IS NULL OR r.n <= c.room
+    ), leased AS (
+        UPDATE deliveries AS d
+        SET state = 'sending', attempts = d.attempts + 1,
+            lease_token = replace(gen_random_uuid()::text, '-', ''),
+            lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s
+        FROM picked
+        WHERE d.id = picked.id
+        RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
+            picked.due_at AS was_due, picked.seq
+    )
+    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
+    FROM leased AS l JOIN events AS e ON e.id = l.event_id
+    ORDER BY l.was_due, l.seq
+"""
+CLAIM_CAPS_LOCK_SQL = "SELECT pg_advisory_xact_lock(1380272724, 1128362064)"  # "CAPP"
+IN_FLIGHT_SQL = """
+    SELECT destination, count(*) FROM deliveries
+    WHERE state = 'sending' AND due_at > %(now)s AND destination = ANY(%(capped)s::text[])
+    GROUP BY destination
+"""
 NEXT_DUE_SQL = f"""
     SELECT d.due_at FROM deliveries AS d
     WHERE d.state IN ('pending', 'sending') AND {_NOT_HELD_BACK}
@@ -531,12 +573,56 @@ async def ingest_batch(conn: Conn, batch: list[IngestItem]) -> list[IngestResult
 
 
 async def claim(
-    conn: Conn, *, now: float, limit: int, lease: float, skip: Sequence[str] = ()
+    conn: Conn,
+    *,
+    now: float,
+    limit: int,
+    lease: float,
+    skip: Sequence[str] = (),
+    caps: Mapping[str, int] | None = None,
 ) -> list[Claim]:
-    """Lease due deliveries, none to a destination in ``skip``."""
+    """Lease due deliveries, none to a destination in ``skip``, none past a destination's
+    cap (counted with every replica's leases)."""
     lease_until = now + lease
-    params = {"now": now, "limit": limit, "until": lease_until, "skip": list(skip)}
-    cur = await conn.execute(CLAIM_SQL, params)
+    params: dict[str, object] = {"now": now, "limit": limit, "until": lease_until}
+    if not caps:
+        cur = await conn.execute(CLAIM_SQL, {**params, "skip": list(skip)})
+        return _claims(await cur.fetchall(), lease_until)
+    room = dict(caps)
+    claims: list[Claim] = []
+    async with conn.transaction():
+        await conn.execute(CLAIM_CAPS_LOCK_SQL)
+        cur = await conn.execute(IN_FLIGHT_SQL, {"now": now, "capped": list(room)})
+        for destination, leased in await cur.fetchall():
+            room[destination] -= leased
+        # As in SQLite's claim: full destinations are left out of the window; one that
+        # fills up within it has its extra rows left (unlocked at commit) and the window
+        # is read again, at most once per capped destination.
+        while len(claims) < limit:
+            full = [d for d, r in room.items() if r <= 0]
+            open_ = [d for d, r in room.items() if r > 0]
+            cur = await conn.execute(
+                CLAIM_CAPPED_SQL,
+                {
+                    **params,
+                    "limit": limit - len(claims),
+                    "skip": [*skip, *full],
+                    "capped": open_,
+                    "room": [room[d] for d in open_],
+                },
+            )
+            batch = _claims(await cur.fetchall(), lease_until)
+            claims.extend(batch)
+            for c in batch:
+                if c.destination in room:
+                    room[c.destination] -= 1
+            filled = any(room[d] <= 0 for d in open_)
+            if not filled or len(batch) == 0:
+                break
+    return claims
+
+
+def _claims(rows: Sequence[TupleRow], lease_until: float) -> list[Claim]:
     return [
         Claim(
             delivery_id=delivery_id,
@@ -547,7 +633,7 @@ async def claim(
             lease_token=token,
             lease_until=lease_until,
         )
-        for delivery_id, destination, route, attempt, token, event_json in await cur.fetchall()
+        for delivery_id, destination, route, attempt, token, event_json in rows
     ]
 
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -178,14 +178,20 @@ class SQLiteStore:
         return self._finishes.batches
 
     async def claim(
-        self, now: float, limit: int, lease_seconds: float, *, skip: Collection[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip: Collection[str] = (),
+        caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         if limit <= 0:  # SQLite reads a negative LIMIT as no limit
             return []
-        return await self._submit(
-            "claim",
-            partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=tuple(skip)),
+        fn = partial(
+            q.claim, now=now, limit=limit, lease=lease_seconds, skip=tuple(skip), caps=caps
         )
+        return await self._submit("claim", fn)
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
         """Queued and committed with the other outcomes waiting (group commit). Shielded: a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from relay.errors import StoreUnavailableError
@@ -451,30 +451,67 @@ def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | Sto
         return StoreUnavailableError(f"store: ingest: {exc}")
 
 
-def claim(
-    conn: sqlite3.Connection, *, now: float, limit: int, lease: float, skip: Sequence[str] = ()
-) -> list[Claim]:
-    """Lease due deliveries, none to a destination in ``skip``. BEGIN IMMEDIATE: another
-    process cannot claim the same rows."""
-    conn.execute("BEGIN IMMEDIATE")
-    rows = conn.execute(claim_sql(len(skip)), (now, *skip, limit)).fetchall()
-    lease_until = now + lease
-    claims = []
-    for delivery_id, destination, route, attempts_so_far, event_json in rows:
-        claims.append(
-            Claim(
-                delivery_id=delivery_id,
-                event=TaskEvent.model_validate_json(event_json),
-                destination=destination,
-                route=route,
-                attempt=attempts_so_far + 1,
-                lease_token=secrets.token_hex(16),
-                lease_until=lease_until,
-            )
-        )
-    conn.executemany(
-        _LEASE, [(c.lease_token, lease_until, lease_until, now, c.delivery_id) for c in claims]
+def in_flight_sql(capped: int) -> str:
+    """Leased (sending, lease not expired) deliveries per destination, of ``capped`` ones.
+    deliveries_queue's predicate is repeated verbatim so SQLite uses that partial index."""
+    marks = ", ".join("?" * capped)
+    return (
+        "SELECT destination, count(*) FROM deliveries "
+        "WHERE state IN ('pending', 'sending', 'dead') AND state = 'sending' AND due_at > ? "
+        f"AND destination IN ({marks}) GROUP BY destination"
     )
+
+
+def claim(
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    limit: int,
+    lease: float,
+    skip: Sequence[str] = (),
+    caps: Mapping[str, int] | None = None,
+) -> list[Claim]:
+    """Lease due deliveries, none to a destination in ``skip``, none past a destination's
+    cap (counted with every process's leases). BEGIN IMMEDIATE: another process cannot claim
+    the same rows, nor count the same free slots."""
+    conn.execute("BEGIN IMMEDIATE")
+    room = dict(caps or {})
+    if room:
+        for destination, leased in conn.execute(in_flight_sql(len(room)), (now, *room)):
+            room[destination] -= leased
+    lease_until = now + lease
+    claims: list[Claim] = []
+    # Destinations at their cap are left out of the query, so their backlog takes no place
+    # in the window; one that fills up within a window drops its extra rows, and the window
+    # is read again without it (at most once per capped destination).
+    while len(claims) < limit:
+        left_out = [*skip, *(d for d, r in room.items() if r <= 0)]
+        rows = conn.execute(claim_sql(len(left_out)), (now, *left_out, limit - len(claims)))
+        dropped = False
+        batch = []
+        for delivery_id, destination, route, attempts_so_far, event_json in rows.fetchall():
+            if destination in room:
+                if room[destination] <= 0:
+                    dropped = True
+                    continue
+                room[destination] -= 1
+            batch.append(
+                Claim(
+                    delivery_id=delivery_id,
+                    event=TaskEvent.model_validate_json(event_json),
+                    destination=destination,
+                    route=route,
+                    attempt=attempts_so_far + 1,
+                    lease_token=secrets.token_hex(16),
+                    lease_until=lease_until,
+                )
+            )
+        conn.executemany(
+            _LEASE, [(c.lease_token, lease_until, lease_until, now, c.delivery_id) for c in batch]
+        )
+        claims.extend(batch)
+        if not dropped:
+            break
     conn.execute("COMMIT")
     return claims
 

@@ -204,3 +204,36 @@ async def test_no_attempt_outlives_its_lease(
     record = await store.get_delivery(dlv)
     assert record is not None and record.state == "pending"
     assert "outlived its lease" in record.last_error
+
+
+async def test_a_rate_spaces_the_sends_without_spending_attempts(
+    store: SQLiteStore, http: aiohttp.ClientSession, downstream: Downstream
+) -> None:
+    clock = Clock()
+    first, second, third = await ingest(store, clock, 3)
+    r = routing(http, downstream.url, clock)
+    r.rates = {"down": 10.0}  # `rate: 6/min`
+    dispatcher = Dispatcher(store, lambda: r, clock=clock)
+
+    assert await dispatcher.run_once() == 3
+    assert len(downstream.received) == 1
+    states = {d: await store.get_delivery(d) for d in (first, second, third)}
+    assert sorted(s.state for s in states.values() if s) == ["delivered", "pending", "pending"]
+    for record in states.values():
+        assert record is not None
+        if record.state == "pending":
+            # Deferred: no attempt spent, due when the next slot opens, nothing dead.
+            assert record.attempts == 0
+            assert record.next_attempt_at == clock.now + 10
+            assert record.last_error == "rate limit"
+    assert dispatcher.stats.deferred == 2
+
+    clock.now += 9
+    assert await dispatcher.run_once() == 0
+    clock.now += 1
+    assert await dispatcher.run_once() == 2  # both due again; one slot
+    assert len(downstream.received) == 2
+    clock.now += 10
+    await dispatcher.run_once()
+    assert len(downstream.received) == 3
+    assert dispatcher.stats.delivered == 3

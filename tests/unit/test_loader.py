@@ -110,6 +110,8 @@ def test_durations_and_continue_alias(tmp_path: Path) -> None:
             secret: {WHSEC}
             timeout: 500ms
             retry: {{schedule: [1s, 1m], jitter: 0}}
+          slow: {{type: webhook, url: http://y, concurrency: 2, rate: 300/min}}
+          slower: {{type: webhook, url: http://z, rate: 0.5}}
         routes:
           - {{to: [billing], continue: true}}
         """,
@@ -120,6 +122,10 @@ def test_durations_and_continue_alias(tmp_path: Path) -> None:
     assert billing.timeout == 0.5
     assert billing.retry is not None
     assert billing.retry.schedule == [1.0, 60.0]
+    assert billing.rate is None and billing.concurrency is None
+    # Rates are kept as the seconds between two sends.
+    assert (rules.destinations["slow"].concurrency, rules.destinations["slow"].rate) == (2, 0.2)
+    assert rules.destinations["slower"].rate == 2.0
     assert rules.routes[0].continue_ is True
 
 
@@ -375,6 +381,18 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
             "sources.g.allow_ips[1]: 'nope' is not an IP address or CIDR",
         ),
         ("sources: [\n", "line 2, column 1: invalid YAML:"),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', rate: fast}\n",
+            "destinations.d.rate: bad rate 'fast': use sends per unit of time, e.g. '10/s'",
+        ),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', rate: 0/s}\n",
+            "destinations.d.rate: bad rate '0/s': must be more than 0 sends",
+        ),
+        (
+            "destinations:\n  d: {type: webhook, url: 'http://x', concurrency: 0}\n",
+            "destinations.d.concurrency: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_single_problems(tmp_path: Path, text: str, expected: str) -> None:
