@@ -76,11 +76,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from relay.app import create_app
     from relay.http_limits import guarded_protocol
+    from relay.metrics import Metrics
 
     if not _preflight(settings):
         return 2
+    # Built here, not at startup: the HTTP protocol counts its refusals there too.
+    metrics = Metrics()
+
+    def refused(status: int) -> None:
+        metrics.http_refused.labels(status=str(status)).inc()
+
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, metrics=metrics),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -98,7 +105,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
         # The internet's clients: bounded heads (size, time) and connections.
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout),
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout, refused),
         limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from relay.channels import ChannelFactory
 from relay.endpoints import routes
 from relay.hooks import HookRouter
+from relay.metrics import Metrics
 from relay.providers.base import Provider
 from relay.runtime import Runtime, build_runtime, running_services
 from relay.settings import Settings
@@ -47,6 +48,7 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     env: Mapping[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> ASGIApp:
     """Build the app. Dependencies not given are built from ``settings`` at startup."""
 
@@ -61,6 +63,7 @@ def create_app(
             env=env,
             providers=providers,
             channel_types=channel_types,
+            metrics=metrics,
         ) as runtime:
             app.state.relay = runtime
             loop = asyncio.get_running_loop()

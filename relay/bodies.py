@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -14,8 +15,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent, refused if no double holds it: the stdlib
+    would read ``1e400`` as infinity, which neither the store nor the envelope can write as
+    JSON again (json.dumps writes ``Infinity``; the admin API refuses it)."""
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 24 else f"{text[:24]}…"
+        raise ValueError(f"number {shown} is too large for a double")
+    return value
+
+
 # Built once: json.loads with any keyword builds a new decoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 # One pass over the body (bytes.translate) gives its shape, which answers two questions without
@@ -35,7 +47,8 @@ def parse_json(body: bytes, max_depth: int) -> Any:
 
     orjson parses the usual body, about three times as fast as the stdlib; whatever it refuses
     (invalid JSON, but also what the stdlib accepts: a BOM, lone surrogates, numbers too big
-    for a double) is parsed again by the stdlib, which decides and names the problem. Both give
+    for a double) is parsed again by the stdlib, which decides and names the problem: a BOM is
+    read past, a lone surrogate and a number beyond a double (``1e400``) are refused. Both give
     the same values for every body that reaches orjson.
     """
     if not body.strip():

@@ -13,6 +13,11 @@ CONTROLS = {
 }
 # Unicode's line and paragraph separators end a line in some terminals and log viewers.
 CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Bidirectional marks, embeddings, overrides and isolates reorder how the rest of a line or a
+# table row displays (a task id that shows as another one).
+CONTROLS.update(
+    {i: f"\\u{i:04x}" for i in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+)
 
 
 def one_line(text: str) -> str:

@@ -3,29 +3,55 @@
 uvicorn's httptools protocol sets none: a head may be any size and may take for ever, and a
 connection that never sends a byte is kept open. ``guarded_protocol`` is that protocol with a
 size limit on the head (431) and a deadline for it (408), counted from the connection (or, on
-a kept-alive connection, from the next request's first byte). The body's deadline is the hook
-endpoint's (``relay.hooks``), which reads it.
+a kept-alive connection, from the next request's first byte). A kept-alive connection idle
+after its answer is closed after the same deadline (or uvicorn's keep-alive timeout, if
+shorter): idle, it holds a connection slot as surely as a head that never comes. The body's
+deadline is the hook endpoint's (``relay.hooks``), which reads it. A request beyond
+uvicorn's ``limit_concurrency`` (RELAY_MAX_CONNECTIONS) gets its 503 here too, with a
+Retry-After, and without uvicorn's warning per request (an attack would flood the log: the
+``refused`` callback counts each refusal instead).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+# Seconds a client over the connection limit is asked to wait.
+_RETRY_AFTER = 1
 # Seconds a refused connection is kept to discard what the client still sends.
 _LINGER = 1.0
 
 
-def guarded_protocol(max_head: int, head_timeout: float) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    max_head: int, head_timeout: float, refused: Callable[[int], None] | None = None
+) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol refusing heads over ``max_head`` bytes (431) or not
-    complete within ``head_timeout`` seconds (408). Pass it as ``uvicorn.Config(http=...)``."""
+    complete within ``head_timeout`` seconds (408), and requests over its concurrency limit
+    (503). ``refused`` is called with the status of each refusal. Pass it as
+    ``uvicorn.Config(http=...)``."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            # uvicorn closes a kept-alive connection idle this long after an answer (it types
+            # it int; call_later takes a float).
+            idle = min(self.timeout_keep_alive, head_timeout)
+            self.timeout_keep_alive = idle  # type: ignore[assignment]
+            # uvicorn answers 503 once its connections reach ``limit_concurrency``, counting
+            # the one asking: so that RELAY_MAX_CONNECTIONS connections are served at once,
+            # as documented, not one fewer. (Requests in progress never outnumber
+            # connections, so they stay bounded by the same number.)
+            if self.limit_concurrency is not None:
+                self.limit_concurrency += 1
             self._in_head = True
             self._head_bytes = 0  # of the head so far: URL and headers, as parsed
             self._raw_bytes = 0  # received since the head began
@@ -57,11 +83,14 @@ def guarded_protocol(max_head: int, head_timeout: float) -> type[HttpToolsProtoc
         def _refuse(self, status: int, message: str) -> None:
             self._refused = True
             self._disarm()
+            if refused is not None:
+                refused(status)
             body = message.encode()
+            retry = b"retry-after: %d\r\n" % _RETRY_AFTER if status == 503 else b""
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                % (status, _REASONS[status], len(body), body)
+                b"content-length: %d\r\n%sconnection: close\r\n\r\n%s"
+                % (status, _REASONS[status], len(body), retry, body)
             )
             # Closing at once with unread bytes from the client makes the kernel answer with
             # a reset, which can destroy our answer before the client reads it: send it and a
@@ -106,6 +135,11 @@ def guarded_protocol(max_head: int, head_timeout: float) -> type[HttpToolsProtoc
             if self._head_bytes > max_head:
                 # The whole head came in one read: refused here, before the app sees it.
                 self._refuse(431, f"request head over {max_head} bytes")
+                return
+            # uvicorn's own check (the same test, after its +1 above), answered here.
+            limit = self.limit_concurrency
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                self._refuse(503, "too many connections at once: retry later")
                 return
             super().on_headers_complete()
 

@@ -73,7 +73,29 @@ class LogScrubber:
 # Built once: json.dumps with any keyword builds a new encoder on every call. ``default``:
 # a field of another type is shown as its str().
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-_NEEDS_QUOTES = re.compile(r'[\s"=]')
+# A text-format value is quoted (as a JSON string) if it holds a space, '"', '=' or a control
+# character: quoted, the controls are escapes, so a value cannot end its line or drive the
+# terminal.
+_NEEDS_QUOTES = re.compile(
+    '[\\s"=\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]'
+)
+# What JSON leaves raw in a string but a terminal or a log viewer does not: DEL, the C1
+# controls (NEL ends a line; CSI starts an escape sequence) and U+2028/U+2029 (line and
+# paragraph separators), and the bidirectional controls (they reorder what a viewer shows).
+# Written as \u escapes: the same JSON value, on one visible line.
+_JSON_CONTROLS = {
+    c: f"\\u{c:04x}"
+    for c in (
+        0x7F,
+        *range(0x80, 0xA0),
+        0x2028,
+        0x2029,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
 
 
 def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
@@ -117,7 +139,11 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return scrub(_ENCODER.encode(line), self.scrubber.encoded())
+        text = scrub(_ENCODER.encode(line), self.scrubber.encoded())
+        # After the scrub, which looks for each secret as the encoder writes it.
+        if not text.isascii() or "\x7f" in text:
+            text = text.translate(_JSON_CONTROLS)
+        return text
 
 
 class TextFormatter(logging.Formatter):
@@ -150,7 +176,7 @@ def _text_value(value: Any) -> str:
         return "-"
     text = str(value)
     if not text or _NEEDS_QUOTES.search(text):
-        return _ENCODER.encode(text)
+        return _ENCODER.encode(text).translate(_JSON_CONTROLS)
     return text
 
 

@@ -266,6 +266,15 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.http_refused = Counter(
+            "relay_http_refused",
+            "Requests refused before relay read them: 408 (head too slow), 431 (head too large),"
+            " 503 (over RELAY_MAX_CONNECTIONS).",
+            ["status"],
+            registry=r,
+        )
+        for status in ("408", "431", "503"):
+            self.http_refused.labels(status=status)
         build = Gauge("relay_build_info", "The relay version; always 1.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
         self._queue = _QueueCollector()

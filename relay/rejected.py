@@ -191,7 +191,9 @@ class RejectedLog:
             source=note.source,
             received_at=note.received_at,
             client_ip=note.client_ip,
-            path=scrub(mask_path(note.path))[:_PATH_CHARS],
+            # Control characters escaped like the reason's: the admin API and `relay
+            # rejected --json` show the path as stored (percent-decoded, CR/LF and all).
+            path=scrub(mask_path(note.path)).translate(CONTROLS)[:_PATH_CHARS],
             status=note.status,
             reason=scrub(" ".join(note.reason.split()))[:_REASON_CHARS].translate(CONTROLS),
             excerpt=excerpt(note.body, note.size, secrets, max_depth=self._max_depth),

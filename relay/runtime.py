@@ -119,6 +119,7 @@ async def build_runtime(
     dispatch: bool | None = None,
     dry_run: bool = False,
     notes: bool = True,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the store and the HTTP clients, load the rules, build the channels, the receiver
     and (with ``dispatch``, by default ``settings.dispatch``) the dispatcher; close everything
@@ -145,7 +146,7 @@ async def build_runtime(
             httpx.AsyncClient(headers={"user-agent": f"relay/{__version__}"})
         )
         registry = providers if providers is not None else default_providers()
-        metrics = Metrics()
+        metrics = metrics if metrics is not None else Metrics()
         rulebook = RuleBook(
             settings.rules,
             registry,

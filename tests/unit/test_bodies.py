@@ -13,6 +13,7 @@ from relay.errors import PayloadError
         (b'{"a": NaN}', "NaN"),
         (b"[" * 100 + b"]" * 100, "nested deeper"),
         (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (b'{"a": 1e400}', "too large for a double"),
         # The stdlib reads lone surrogates; nothing can encode them as UTF-8 again.
         (b'{"a": "\\ud800"}', "lone surrogate"),
         (b'{"\\udfff": 1}', "lone surrogate"),
@@ -39,7 +40,6 @@ def test_nesting_up_to_the_limit_is_fine() -> None:
         (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
         # What orjson refuses and the stdlib accepts.
         (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),
-        (b'{"a": 1e400}', {"a": float("inf")}),
         # Escapes, a surrogate pair among them.
         (b'{"a": "\\ud83d\\ude00", "b": "\\u00e9"}', {"a": "\U0001f600", "b": "\u00e9"}),
         # The usual case.

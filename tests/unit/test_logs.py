@@ -268,3 +268,12 @@ def test_setup_logging_scrubs_settings_and_followed_secrets_and_uvicorn_paths() 
         '127.0.0.1:5 - "POST /hooks/src/**** HTTP/1.1" 401',
     ]
     assert lines[2]["logger"] == "uvicorn"
+
+
+def test_bidirectional_controls_are_escaped_in_both_formats() -> None:
+    record = logging.LogRecord("relay.test", logging.INFO, __file__, 1, "hook", None, None)
+    record.task_id = "abc\u202edcb"
+    text = TextFormatter(LogScrubber(Secrets())).format(record)
+    assert "\u202e" not in text and 'task_id="abc\\u202edcb"' in text
+    line = JsonFormatter(LogScrubber(Secrets())).format(record)
+    assert "\u202e" not in line and json.loads(line)["task_id"] == "abc\u202edcb"
