@@ -41,7 +41,6 @@ class LogScrubber:
         self._followed: list[Secrets] = list(followed)
         self._seen: list[tuple[str, ...]] = []
         self._values: tuple[str, ...] = ()
-        self._encoded: tuple[str, ...] = ()
 
     def follow(self, secrets: Secrets) -> Callable[[], None]:
         """Scrub ``secrets`` too, until the returned function is called."""
@@ -56,15 +55,8 @@ class LogScrubber:
             a is not b for a, b in zip(current, self._seen, strict=True)
         ):
             self._values = longest_first(v for values in current for v in values)
-            self._encoded = longest_first(_ENCODER.encode(v)[1:-1] for v in self._values)
             self._seen = current
         return self._values
-
-    def encoded(self) -> tuple[str, ...]:
-        """Every secret as it appears inside a JSON string (quotes, backslashes and control
-        characters escaped), longest first."""
-        self.values()
-        return self._encoded
 
     def __call__(self, text: str) -> str:
         return scrub(text, self.values())
@@ -98,6 +90,20 @@ _JSON_CONTROLS = {
 }
 
 
+def _scrubbed(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``value`` with every secret scrubbed from its strings (keys too); values of other
+    types as the encoder would write them (their str(), scrubbed)."""
+    if isinstance(value, str):
+        return scrub(value, secrets) if secrets else value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {_scrubbed(k, secrets): _scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v, secrets) for v in value]
+    return _scrubbed(str(value), secrets)
+
+
 def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
     for key, value in record.__dict__.items():
         if key not in _STANDARD:
@@ -106,9 +112,10 @@ def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (ISO 8601, UTC, milliseconds), level, logger, message,
-    the ``extra=`` fields, and ``exception`` with the traceback if there is one. The encoded
-    line is scrubbed of each secret's JSON-encoded form, which is how any string holding it
-    is written, whatever JSON escapes in it; "[redacted]" needs no escaping."""
+    the ``extra=`` fields, and ``exception`` with the traceback if there is one. Every string
+    in it is scrubbed before it is encoded: scrubbing the encoded line instead could match
+    from inside an escape (``\n`` then a secret starting with "abc" reads as "nabc...")
+    and leave a line that is not JSON."""
 
     def __init__(self, scrubber: LogScrubber) -> None:
         super().__init__()
@@ -139,8 +146,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        text = scrub(_ENCODER.encode(line), self.scrubber.encoded())
-        # After the scrub, which looks for each secret as the encoder writes it.
+        text = _ENCODER.encode(_scrubbed(line, self.scrubber.values()))
         if not text.isascii() or "\x7f" in text:
             text = text.translate(_JSON_CONTROLS)
         return text

@@ -30,7 +30,9 @@ MOMENT_HELP = (
 
 
 def is_id(text: str) -> bool:
-    return bool(_ID.match(text))
+    # fullmatch: the pattern's "$" (kept for the schemas' JSON Schema) also matches before a
+    # final newline, so match() would take "evt_1\n" for an id.
+    return bool(_ID.fullmatch(text))
 
 
 def parse_moment(text: str, now: float) -> float:

@@ -1,9 +1,10 @@
 """A TaskEvent as an email: subject, plain-text part and HTML part (pure: sends nothing).
 
 Same content as the Slack message (see ``relay.render.summary``). The subject is one line
-whatever the payload holds (no CR/LF or other control characters). In the HTML every payload
-value is escaped with ``html.escape(quote=True)`` and only http(s) URLs become ``href``/``src``;
-anything else is shown as text. Styles are inline: mail clients drop ``<style>``.
+whatever the payload holds (no CR/LF or other control characters, and no RFC 2047 encoded word
+that a mail client would decode). In the HTML every payload value is escaped with
+``html.escape(quote=True)`` and only http(s) URLs become ``href``/``src``; anything else is
+shown as text. Styles are inline: mail clients drop ``<style>``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def mail_subject(summary: Summary) -> str:
     else:
         parts.append(f"{summary.title}: {task}")
     # one_line again over the whole: every control character and line break becomes a space.
-    return shorten(one_line(" ".join(parts)), SUBJECT_LIMIT)
+    # An RFC 2047 encoded word from the payload ("=?utf-8?b?...?=") would be decoded by mail
+    # clients, into any text (line breaks, bidi overrides): a zero-width space keeps it literal.
+    line = one_line(" ".join(parts)).replace("=?", "=\u200b?")
+    return shorten(line, SUBJECT_LIMIT)
 
 
 # -- plain text --------------------------------------------------------------------------------
