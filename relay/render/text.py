@@ -71,14 +71,17 @@ def and_more(n: int, noun: str = "") -> str:
 
 
 def web_url(url: str | None) -> str | None:
-    """``url`` when it is an absolute http(s) URL without spaces or control characters."""
+    """``url`` when it is an absolute http(s) URL without spaces or control characters (its
+    scheme in lower case); otherwise None."""
     if not url or len(url) > 65536:
         return None
     if not _WEB_URL.fullmatch(url):
         return None
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in url):
         return None
-    return url
+    # The scheme in lower case ("HTTPS://" is valid, but not every client links it).
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
 
 
 def readable_detail(detail: str) -> str:

@@ -98,7 +98,6 @@ def test_format_time_has_no_microseconds_and_says_utc() -> None:
     [
         ("https://cdn.example/a.png", True),
         ("http://cdn.example/a.png?x=1&y=2#f", True),
-        ("HTTPS://CDN.EXAMPLE/A.PNG", True),
         ("javascript:alert(1)", False),
         ("JavaScript://cdn.example/%0aalert(1)", False),
         ("data:image/png;base64,AAAA", False),
@@ -116,6 +115,11 @@ def test_format_time_has_no_microseconds_and_says_utc() -> None:
 )
 def test_web_url(url: str | None, ok: bool) -> None:
     assert web_url(url) == (url if ok else None)
+
+
+def test_web_url_writes_the_scheme_in_lower_case() -> None:
+    assert web_url("HTTPS://CDN.EXAMPLE/A.PNG") == "https://CDN.EXAMPLE/A.PNG"
+    assert web_url("Http://cdn.example/a.png") == "http://cdn.example/a.png"
 
 
 def test_clean_text_drops_controls_and_bidi_overrides() -> None:
