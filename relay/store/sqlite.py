@@ -50,6 +50,10 @@ T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+# How often a watching store looks for other processes' commits (a cheap read of a counter).
+WATCH_SECONDS = 0.05
+
+
 class SQLiteStore:
     """A Store in one SQLite file.
 
@@ -74,6 +78,7 @@ class SQLiteStore:
         self._finishes: GroupCommit[q.FinishItem, bool] = GroupCommit(
             "finish", self._write_finishes
         )
+        self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Create the file (and its directory) if missing, set WAL mode, apply migrations."""
@@ -118,6 +123,11 @@ class SQLiteStore:
         if self._executor is None or self._conn is None:
             return
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         await self._ingests.wait()
         await self._finishes.wait()
         executor, conn = self._executor, self._conn
@@ -339,8 +349,25 @@ class SQLiteStore:
         return await self._submit("pace", partial(q.pace, key=key, interval=interval, now=now))
 
     def watch(self, wake: Callable[[], None]) -> None:
-        """Nothing to watch: in one process the receiver wakes the dispatcher itself, and
-        other processes on this file find new deliveries by polling."""
+        """Call ``wake`` when another connection (another process: a ``relay serve`` that
+        receives, ``relay replay``) has committed to the file, seen by its data_version
+        every WATCH_SECONDS: a worker starts at once instead of at its next idle poll. In
+        one process the receiver wakes the dispatcher itself."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(wake))
+
+    async def _watch(self, wake: Callable[[], None]) -> None:
+        last: int | None = None
+        while not self._closing:
+            try:
+                version = await self._submit("watch", q.data_version)
+            except StoreUnavailableError:
+                version = None  # the idle poll still finds the work
+            if version is not None:
+                if last is not None and version != last:
+                    wake()
+                last = version
+            await asyncio.sleep(WATCH_SECONDS)
 
     async def next_due(self) -> float | None:
         return await self._submit("next due", q.next_due)

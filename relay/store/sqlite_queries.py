@@ -882,3 +882,9 @@ def pace(conn: sqlite3.Connection, key: str, interval: float, now: float) -> flo
     )
     conn.execute("COMMIT")
     return 0.0
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """SQLite's counter of commits by other connections to the file (ours do not count)."""
+    row = conn.execute("PRAGMA data_version").fetchone()
+    return int(row[0])

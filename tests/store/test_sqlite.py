@@ -337,3 +337,24 @@ async def test_ping_writes_so_a_locked_database_is_not_ready(db_path: str) -> No
         assert second >= first  # each ping commits a write
     finally:
         await store.close()
+
+
+async def test_a_watching_store_is_woken_by_another_process_commit(tmp_path: Path) -> None:
+    """A worker on the file hears of a receiver's ingest at once (its data_version), not at
+    its next idle poll; its own commits do not wake it."""
+    worker, receiver = SQLiteStore(str(tmp_path / "r.db")), SQLiteStore(str(tmp_path / "r.db"))
+    await worker.open()
+    await receiver.open()
+    woken = asyncio.Event()
+    try:
+        worker.watch(woken.set)
+        await asyncio.sleep(0.2)  # the watcher has read the counter once at least
+        await worker.ingest(make_event("own"), [NewDelivery("d-own", "down", 0)])
+        await asyncio.sleep(0.2)
+        assert not woken.is_set(), "woken by its own commit"
+        await receiver.ingest(make_event("other"), [NewDelivery("d-other", "down", 0)])
+        async with asyncio.timeout(5):
+            await woken.wait()
+    finally:
+        await worker.close()  # stops the watcher too
+        await receiver.close()
