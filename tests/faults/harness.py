@@ -37,12 +37,12 @@ class Relay:
         self.db = self.db or f"sqlite:///{self.home / 'relay.db'}"
 
     def environment(self, **extra: str) -> dict[str, str]:
-        return base_env(
-            RELAY_DB=self.db,
-            RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
-            RELAY_LOG_FORMAT="json",
-            **{**self.env, **extra},
-        )
+        defaults = {
+            "RELAY_DB": self.db,
+            "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+            "RELAY_LOG_FORMAT": "json",
+        }
+        return base_env(**{**defaults, **self.env, **extra})
 
     async def serve(self, *args: str, name: str = "serve", **extra: str) -> Serve:
         server = await Serve(self.home, self.environment(**extra), name, *args).start()
