@@ -57,6 +57,8 @@ class TaskEvent(BaseModel):
     task_type: str | None = None
     prompt: str | None = None
     test: bool = False
+    # Labels from the hook URL's query string, as the source declares them (README: Rules).
+    labels: dict[str, str] = Field(default_factory=dict)
 
     status: Status
     provider_status: str
@@ -75,10 +77,12 @@ class TaskEvent(BaseModel):
     usage: dict[str, Any] | None = None
     raw: Any = None
 
-    def labels(self) -> dict[str, tuple[str, ...]]:
-        """Routing labels (README: Rules). ``output_kind`` has one value per distinct kind."""
+    def match_labels(self) -> dict[str, tuple[str, ...]]:
+        """Routing labels (README: Rules): the built-in ones and those from the hook URL.
+        ``output_kind`` has one value per distinct kind."""
         kinds = tuple(dict.fromkeys(o.kind for o in self.outputs))
         return {
+            **{name: (value,) for name, value in self.labels.items()},
             "source": (self.source,),
             "provider": (self.provider,),
             "status": (self.status,),

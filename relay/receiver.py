@@ -216,6 +216,7 @@ class Receiver:
                 raise UpstreamUnavailableError("cross-checks are not available in this process")
             provider = self._rulebook.providers[inbound.config.provider]
             result = await self._crosscheck.confirm(provider, inbound, result)
+        result.labels = url_labels(inbound)
         if result.final:
             # Once the status is trusted (after any cross-check): one final event per task and
             # status, whatever the provider's retries change (GoAPI's body timestamp).
@@ -235,6 +236,28 @@ class Receiver:
             result.task_id,
             result.status,
         )
+
+
+def url_labels(inbound: Inbound) -> dict[str, str]:
+    """The labels the source declares, from the hook URL's query string. The provider sends
+    back the URL we registered, so it is as trusted as the token; a value its rule refuses
+    (or a required label missing) is a PayloadError. Other keys are ignored (and not kept)."""
+    rules = inbound.config.labels
+    if not rules:
+        return {}
+    query = inbound.query or {}
+    labels: dict[str, str] = {}
+    for name, rule in rules.items():
+        value = query.get(name)
+        if value is None or value == "":
+            if rule.required:
+                raise PayloadError(f"label '{name}' missing from the callback URL")
+            continue
+        problem = rule.problem(name, value)
+        if problem is not None:
+            raise PayloadError(problem)
+        labels[name] = value
+    return labels
 
 
 def final_dedupe_key(event: TaskEvent) -> str:

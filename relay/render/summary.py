@@ -254,7 +254,7 @@ def _facts(
         if event.created_at is not None:
             facts.append(("Raised", format_time(event.created_at, seconds=True)))
         facts.append(("Alert ID", one_line(event.task_id)))
-        return facts
+        return facts + _labels_fact(event)
     facts.append(("Provider", names.display(event.provider)))
     raw_model = one_line(event.model)
     # The raw model id, unless the title already says all of it ("luma" -> "Luma").
@@ -272,7 +272,15 @@ def _facts(
         facts.append(("Duration", duration))
     if not event.final and event.progress is not None and 0 <= event.progress <= 100:
         facts.append(("Progress", f"{event.progress}%"))
-    return facts
+    return facts + _labels_fact(event)
+
+
+def _labels_fact(event: TaskEvent) -> list[tuple[str, str]]:
+    """The labels from the hook URL, as one fact: "team=media · batch=b42"."""
+    if not event.labels:
+        return []
+    text = " · ".join(f"{one_line(k)}={one_line(v)}" for k, v in sorted(event.labels.items()))
+    return [("Labels", shorten(text, 200))]
 
 
 def summarize(event: TaskEvent, names: ProviderNames) -> Summary:

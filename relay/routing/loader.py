@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from relay.errors import ConfigError
+from relay.events import LABEL_NAMES
 from relay.routing.envsubst import KeyPath, expand
 from relay.routing.model import (
     Destination,
@@ -424,7 +425,18 @@ class _Merge:
                 self.route_targets.append((file, index, [n for n in names if isinstance(n, str)]))
 
     def check_routes(self) -> None:
-        """Every destination a route names must exist in some file (checked after merging)."""
+        """Every destination a route names must exist in some file, and every label it
+        matches on be built in or declared by a source (checked after merging)."""
+        declared = {label for _, cfg in self.sources.values() for label in cfg.labels}
+        valid = ", ".join(sorted(LABEL_NAMES | declared))
+        for file, index, route in self.routes:
+            for matcher in route.match:
+                if matcher.name not in LABEL_NAMES and matcher.name not in declared:
+                    self.problem(
+                        file,
+                        ("routes", index, "match"),
+                        f"unknown label '{matcher.name}' in '{matcher}' (valid: {valid})",
+                    )
         known = sorted(name for section, name in self.origins if section == "destinations")
         listed = ", ".join(known) if known else "none defined"
         for file, index, names in self.route_targets:

@@ -29,6 +29,9 @@ _LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
 _MISSING: tuple[str, ...] = ("",)
 
 
+_LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -56,9 +59,11 @@ class Matcher:
     _negative: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.name not in LABEL_NAMES:
+        # Built-in labels, or a name sources may declare (checked against them by the loader).
+        if self.name not in LABEL_NAMES and not _LABEL_NAME.fullmatch(self.name):
             raise ValueError(
-                f"unknown label '{self.name}' in '{self}' (valid: {', '.join(sorted(LABEL_NAMES))})"
+                f"unknown label '{self.name}' in '{self}' (valid: {', '.join(sorted(LABEL_NAMES))}"
+                ", or a label the sources declare)"
             )
         if self.op not in _OPS:
             raise ValueError(f"unknown operator '{self.op}' (valid: {', '.join(_OPS)})")

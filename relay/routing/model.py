@@ -5,11 +5,13 @@ Every model forbids unknown keys so a typo is an error that names the key, not a
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay import signing
+from relay.events import LABEL_NAMES
 from relay.routing.durations import Duration, Rate, parse_duration
 from relay.routing.matchers import Matcher, parse_matchers
 
@@ -18,8 +20,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# What a label from the hook URL may hold unless its rule says otherwise: a name, an id, a
+# slug (no spaces, nothing that needs escaping in a message or a matcher).
+DEFAULT_LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@+-]*"
+# Query keys that carry credentials (Novita's ?token=): never labels, never stored.
+RESERVED_QUERY_KEYS = frozenset({"token", "secret", "signature", "sig", "key", "api_key"})
+# A label's name: like the built-in labels (it is written bare in matchers and templates).
+LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class LabelRule(_Strict):
+    """What one label taken from the hook URL's query string may hold."""
+
+    pattern: str = DEFAULT_LABEL_PATTERN
+    max_length: int = Field(default=64, ge=1, le=1024)
+    # A callback without it is refused (400), rather than routed without it.
+    required: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"bad regex {value!r}: {exc}") from None
+        return value
+
+    def problem(self, name: str, value: str) -> str | None:
+        """Why ``value`` is refused for label ``name``, or None."""
+        if len(value) > self.max_length:
+            return f"label '{name}' is over {self.max_length} characters"
+        if not re.fullmatch(self.pattern, value):
+            return f"label '{name}' does not match {self.pattern}"
+        return None
+
+
 class SourceConfig(_Strict):
-    """One inbound endpoint: ``POST /hooks/{name}`` (or ``/hooks/{name}/{token}``)."""
+    """One inbound endpoint: ``POST /hooks/{name}`` (or ``/hooks/{name}/{token}``).
+
+    ``labels``: the query-string keys of the callback URL kept as labels of its events (a
+    list of names, or names with their ``LabelRule``); other keys are ignored."""
 
     provider: str
     secret: SecretStr | None = None
@@ -31,6 +71,33 @@ class SourceConfig(_Strict):
     api_key: SecretStr | None = None
     api_url: str | None = None
     fetch_timeout: Duration = 3.0
+    labels: dict[str, LabelRule] = Field(default_factory=dict)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_list(cls, value: object) -> object:
+        if isinstance(value, list):
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError("must be a list of label names, or names with their rules")
+            return {name: {} for name in value}
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, LabelRule]) -> dict[str, LabelRule]:
+        for name in value:
+            if not LABEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"label name '{name}': lower-case letters, digits and '_', "
+                    "starting with a letter"
+                )
+            if name in LABEL_NAMES:
+                raise ValueError(f"label name '{name}' is a built-in label")
+            if name in RESERVED_QUERY_KEYS:
+                raise ValueError(f"label name '{name}' is a credential's key, never a label")
+        return value
 
     @field_validator("api_url")
     @classmethod

@@ -32,7 +32,7 @@ def route(rules: Rules, event: TaskEvent) -> list[Target]:
     for index, candidate in enumerate(rules.routes):
         if candidate.match:
             if labels is None:
-                labels = event.labels()
+                labels = event.match_labels()
             if not all(matcher.matches(labels) for matcher in candidate.match):
                 continue
         for destination in candidate.to:

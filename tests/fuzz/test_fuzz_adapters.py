@@ -115,7 +115,7 @@ def assert_valid_event(name: str, event: TaskEvent) -> None:
     assert event.progress is None or 0 <= event.progress <= 100, event.progress
     assert event.task_id and event.dedupe_key
     assert isinstance(event.provider_status, str)
-    for values in event.labels().values():
+    for values in event.match_labels().values():
         assert values and all(isinstance(v, str) for v in values)
     again = TaskEvent.model_validate_json(event.model_dump_json())
     assert again.model_dump(mode="json") == event.model_dump(mode="json")

@@ -382,6 +382,32 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
         ),
         ("sources: [\n", "line 2, column 1: invalid YAML:"),
         (
+            "sources:\n  g: {provider: goapi, secret: s, labels: [team, status]}\n",
+            "sources.g.labels: label name 'status' is a built-in label",
+        ),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, labels: [Team]}\n",
+            "sources.g.labels: label name 'Team': lower-case letters",
+        ),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, labels: [token]}\n",
+            "sources.g.labels: label name 'token' is a credential's key",
+        ),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, labels: {team: {pattern: '('}}}\n",
+            "sources.g.labels.team.pattern: bad regex '('",
+        ),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, labels: {team: {colour: red}}}\n",
+            "sources.g.labels.team.colour: unknown key",
+        ),
+        (
+            "sources:\n  g: {provider: goapi, secret: s, labels: [team]}\n"
+            "routes:\n  - {to: [], match: ['tema=media']}\n",
+            "routes[0].match: unknown label 'tema' in 'tema=\"media\"' (valid: error_code, "
+            "final, model, output_kind, provider, source, status, task_id, task_type, team, test)",
+        ),
+        (
             "destinations:\n  d: {type: webhook, url: 'http://x', rate: fast}\n",
             "destinations.d.rate: bad rate 'fast': use sends per unit of time, e.g. '10/s'",
         ),

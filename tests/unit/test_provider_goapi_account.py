@@ -111,7 +111,7 @@ def test_sample_normalizes_to_an_alert(name: str) -> None:
     json.loads(event.error.detail)
     assert event.created_at == datetime.fromtimestamp(when, UTC)
     assert event.received_at == NOW
-    assert event.labels()["error_code"] == (kind,)
+    assert event.match_labels()["error_code"] == (kind,)
     assert event.raw == json.loads((FIXTURES / name).read_text())
     TaskEvent.model_validate_json(event.model_dump_json())
 
