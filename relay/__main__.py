@@ -357,6 +357,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--status", choices=STATUSES, help="only events with this status")
     e.add_argument("--task", metavar="TASK_ID", help="only events of this task")
     e.add_argument("--model", metavar="MODEL", help="only events of this model")
+    e.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VALUE",
+        help="only events with this label from the hook URL (repeat to require several)",
+    )
     e.add_argument("--since", metavar="WHEN", help=f"received since: {MOMENT_HELP}")
     e.add_argument("--until", metavar="WHEN", help="received before WHEN")
     listing(e, "events")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.admin import operations as ops
 from relay.admin import schemas
-from relay.admin.params import parse_moment
+from relay.admin.params import parse_labels, parse_moment
 from relay.breaker import iso, read_views
 from relay.errors import (
     ConfigError,
@@ -310,6 +310,7 @@ def quarantine_table(rows: Sequence[QuarantinedCallback]) -> str:
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     try:
         since, until = _moments(args, time.time())
+        labels = parse_labels(args.label or [])
     except ValueError as exc:
         return _usage("events", exc)
     where = EventFilter(
@@ -320,6 +321,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         model=args.model,
         since=since,
         until=until,
+        labels=labels,
     )
 
     async def work(store: Store) -> int:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import operations as ops
 from relay.admin import schemas as s
-from relay.admin.params import is_id, parse_moment
+from relay.admin.params import is_id, parse_labels, parse_moment
 from relay.errors import StoreUnavailableError
 from relay.runtime import Runtime
 from relay.store.base import DeliveryFilter, EventFilter
@@ -109,6 +109,11 @@ def _id(request: Request, name: str, what: str) -> str:
 async def list_events(request: Request, rt: Runtime) -> Response:
     q: s.EventQuery = _query(request, s.EventQuery)
     now = rt.clock()
+    try:
+        # Every `label` given (the model saw the last one: each is checked here).
+        labels = parse_labels(request.query_params.getlist("label"))
+    except ValueError as exc:
+        raise Refused(400, "bad label", [f"label: {exc}"]) from None
     where = EventFilter(
         source=q.source,
         provider=q.provider,
@@ -117,6 +122,7 @@ async def list_events(request: Request, rt: Runtime) -> Response:
         model=q.model,
         since=_moment(q.since, now, "since"),
         until=_moment(q.until, now, "until"),
+        labels=labels,
     )
     page = await _paged(ops.events_page(rt.store, where, q.limit, q.cursor))
     events = [e.model_copy(update={"raw": None}) for e in page.items]

@@ -15,7 +15,7 @@ import re
 from datetime import UTC, datetime
 
 from relay.routing.durations import parse_duration
-from relay.store.base import Cursor
+from relay.store.base import LABEL_NAME, Cursor
 
 # Ids are ours (evt_…, dlv_…, qcb_…): anything else cannot name a row, so it is refused before
 # it reaches a database (PostgreSQL refuses NUL characters with an error, not an empty answer).
@@ -86,3 +86,14 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``["team=media", "batch=b42"]`` as label filters. Raises ValueError naming the bad one."""
+    labels = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value or not LABEL_NAME.fullmatch(name):
+            raise ValueError(f"bad label filter {item!r}: write name=value, e.g. team=media")
+        labels.append((name, value))
+    return tuple(labels)

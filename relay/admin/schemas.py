@@ -45,6 +45,11 @@ class EventQuery(_Query):
     status: Status | None = None
     task_id: Text | None = None
     model: Text | None = None
+    label: Text | None = Field(
+        None,
+        description="a label from the hook URL, name=value (team=media); repeat it to require "
+        "several",
+    )
     since: Text | None = Since
     until: Text | None = Until
     limit: int = Limit

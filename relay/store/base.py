@@ -7,11 +7,15 @@ The store only persists: it never sends and never decides retries. Times are uni
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
 from relay.events import TaskEvent
+
+# A label's name (the rules declare them so): safe to write into a JSON path.
+LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 DeliveryState = Literal["pending", "sending", "delivered", "dead"]
 DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "sending", "delivered", "dead")
@@ -161,6 +165,13 @@ class EventFilter:
     model: str | None = None
     since: float | None = None
     until: float | None = None
+    # Labels from the hook URL, each (name, value) required; names as the rules allow them.
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, _ in self.labels:
+            if not LABEL_NAME.fullmatch(name):
+                raise ValueError(f"bad label name '{name}'")
 
 
 @dataclass(frozen=True)

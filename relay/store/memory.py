@@ -512,6 +512,7 @@ def _event_matches(where: EventFilter, e: TaskEvent) -> bool:
         and (where.model is None or e.model == where.model)
         and (where.since is None or where.since <= received)
         and (where.until is None or received < where.until)
+        and all(e.labels.get(name) == value for name, value in where.labels)
     )
 
 

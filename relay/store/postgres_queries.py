@@ -749,6 +749,8 @@ def find_events_query(
         ("(e.event_json::jsonb ->> 'model') = %s", where.model),
         ("e.received_at >= %s", where.since),
         ("e.received_at < %s", where.until),
+        # Names are checked by EventFilter: plain identifiers, safe as JSON keys here.
+        *((f"(e.event_json::jsonb -> 'labels' ->> '{name}') = %s", v) for name, v in where.labels),
     ]
     clause, args = _where(terms, '(e.received_at, e.id COLLATE "C") < (%s, %s)', before)
     sql = f"""

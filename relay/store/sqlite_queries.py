@@ -660,6 +660,8 @@ def find_events_query(
         ("json_extract(e.event_json, '$.model') = ?", where.model),
         ("e.received_at >= ?", where.since),
         ("e.received_at < ?", where.until),
+        # Names are checked by EventFilter: plain identifiers in the JSON path.
+        *((f"json_extract(e.event_json, '$.labels.{name}') = ?", v) for name, v in where.labels),
     ]
     clause, args = _where(terms, "(e.received_at, e.id) < (?, ?)", before)
     sql = f"""

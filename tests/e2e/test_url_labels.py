@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from relay.settings import Settings
 from tests.downstream import Downstream
+from tests.e2e.cli import arelay
 from tests.e2e.server import RelayServer, write_rules
 from tests.e2e.test_slack_and_email import until
 from tests.fixtures_util import load
@@ -87,10 +88,15 @@ async def test_labels_from_the_hook_url_route_show_and_travel(
 
             await downstream.wait_for(2)
             await until(lambda: len(slack.messages("C0RENDERS")) == 1)
-            detail = await client.get(
-                f"/admin/events/{media.json()['event_id']}",
-                headers={"authorization": f"Bearer {TOKEN}"},
+            admin = {"authorization": f"Bearer {TOKEN}"}
+            detail = await client.get(f"/admin/events/{media.json()['event_id']}", headers=admin)
+            by_team = await client.get("/admin/events?label=team=media", headers=admin)
+            by_both = await client.get(
+                "/admin/events",
+                params=[("label", "team=media"), ("label", "batch=b7")],
+                headers=admin,
             )
+            bad_filter = await client.get("/admin/events?label=team", headers=admin)
     finally:
         await server.stop()
 
@@ -108,3 +114,16 @@ async def test_labels_from_the_hook_url_route_show_and_travel(
     assert detail.status_code == 200, detail.text
     assert detail.json()["event"]["labels"] == {"team": "media", "batch": "b42"}
     assert "ana" not in json.dumps(detail.json())
+    # The admin API filters by label (every one given must hold), and says what is wrong.
+    assert [e["task_id"] for e in by_team.json()["events"]] == [body["data"]["task_id"]]
+    assert by_both.json()["events"] == []
+    assert bad_filter.status_code == 400
+    assert "write name=value" in bad_filter.text
+    # So does the CLI, against the same database.
+    listed = await arelay(
+        tmp_path, "events", "--label", "team=sound", "--json", "--db", settings.db
+    )
+    assert listed.code == 0, listed.text
+    assert [e["task_id"] for e in json.loads(listed.out)] == ["task-of-another-team"]
+    refused = await arelay(tmp_path, "events", "--label", "Team=x", "--db", settings.db)
+    assert refused.code == 2 and "bad label filter 'Team=x'" in refused.err
