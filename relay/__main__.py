@@ -158,18 +158,21 @@ async def _dry_run(args: argparse.Namespace, settings: Settings, body: bytes) ->
 
     try:
         async with build_runtime(settings, dry_run=True) as runtime:
-            return _show_dry_run(args, runtime, body)
+            return await _show_dry_run(args, runtime, body)
     except ConfigError as exc:
         print_problems(exc)
         return 2
 
 
-def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes) -> int:
-    """What ``body`` would become at source ``args.source``: the event, then each request."""
+async def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes) -> int:
+    """What ``body`` would become at source ``args.source``: the event, then each request;
+    with ``--send``, each delivery's outcome. 0: as expected; 1: refused or quarantined;
+    2: usage; 3: routed otherwise than ``--expect-destinations``, or a send failed."""
     from relay.channels.base import Delivery
+    from relay.errors import DeliveryDeferred, DeliveryError
     from relay.ids import IdFactory
     from relay.providers.base import Ignored, Inbound
-    from relay.receiver import final_dedupe_key
+    from relay.receiver import final_dedupe_key, url_labels
 
     book, receiver = runtime.rulebook, runtime.receiver
     config = book.rules.sources.get(args.source)
@@ -177,16 +180,36 @@ def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes) -> in
         known = ", ".join(sorted(book.rules.sources)) or "none"
         print(f"relay test: unknown source '{args.source}' (known: {known})", file=sys.stderr)
         return 2
+    query: dict[str, str] = {}
+    for item in (args.labels or "").split(","):
+        if item.strip():
+            name, sep, value = item.strip().partition("=")
+            if not sep:
+                print(f"relay test: --labels: '{item}' is not NAME=VALUE", file=sys.stderr)
+                return 2
+            query[name] = value
+    undeclared = sorted(set(query) - set(config.labels))
+    if undeclared:
+        declared = ", ".join(sorted(config.labels)) or "none"
+        print(
+            f"relay test: --labels: source '{args.source}' does not declare "
+            f"{', '.join(undeclared)} (declared: {declared})",
+            file=sys.stderr,
+        )
+        return 2
     inbound = Inbound(
         source=args.source,
         config=config,
         headers={},
         body=body,
         received_at=datetime.now(UTC),
+        query=query,
         verify=False,
     )
     try:
         event = receiver.normalize(inbound, verify=False)
+        if not isinstance(event, Ignored):
+            event.labels = url_labels(inbound)
     except RequestError as exc:
         print(f"relay test: would answer {exc.status}: {exc.reason}", file=sys.stderr)
         return 1
@@ -208,12 +231,35 @@ def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes) -> in
     targets = receiver.targets(event)
     if not targets:
         print("\nno route matches: the event would be stored and sent nowhere")
-        return 0
+    failed = 0
     for target in targets:
         channel = book.routing.channels[target.destination]
+        delivery = Delivery(IdFactory()("dlv"), target.destination, 1, event)
         print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
-        print(channel.render(Delivery(IdFactory()("dlv"), target.destination, 1, event)))
-    return 0
+        print(channel.render(delivery))
+        if args.send:
+            try:
+                await channel.send(delivery)
+                print(f"sent to {target.destination}")
+            except DeliveryError as exc:
+                failed += 1
+                kind = "transient" if exc.transient else "permanent"
+                print(f"NOT sent to {target.destination} ({kind}): {exc.reason}")
+            except DeliveryDeferred as exc:
+                failed += 1
+                print(f"NOT sent to {target.destination}: {exc}")
+    code = 3 if failed else 0
+    if args.expect_destinations is not None:
+        expected = sorted({d.strip() for d in args.expect_destinations.split(",") if d.strip()})
+        got = sorted({t.destination for t in targets})
+        if got != expected:
+            print(
+                f"\nrouting differs: expected {', '.join(expected) or 'none'}, "
+                f"got {', '.join(got) or 'none'}",
+                file=sys.stderr,
+            )
+            code = 3
+    return code
 
 
 def _positive(text: str) -> int:
@@ -310,6 +356,21 @@ def parser() -> argparse.ArgumentParser:
     rules(t)
     t.add_argument("--source", required=True, metavar="NAME", help="configured source name")
     t.add_argument("file", metavar="FILE", help="JSON body as the provider would POST it")
+    t.add_argument(
+        "--labels",
+        metavar="NAME=VALUE,...",
+        help="labels in the callback URL's query string, as the source declares them",
+    )
+    t.add_argument(
+        "--expect-destinations",
+        metavar="A,B",
+        help="exit 3 unless the event is routed to exactly these destinations (none: '')",
+    )
+    t.add_argument(
+        "--send",
+        action="store_true",
+        help="deliver for real to each destination (a fire drill); nothing is stored",
+    )
     t.set_defaults(func=cmd_test)
 
     d = sub.add_parser("deliveries", help="list deliveries, or show one with its attempts")
