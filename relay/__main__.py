@@ -37,6 +37,7 @@ from relay.operate import (
 )
 from relay.providers import default_providers
 from relay.providers.checks import source_checks
+from relay.routing.coverage import matching_routes, shadowed
 from relay.routing.loader import LoadedRules, load_rules
 from relay.settings import Settings, SettingsError
 from relay.store.base import DELIVERY_STATES
@@ -140,6 +141,69 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     )
     for line in loaded.defaults_used:
         print(f"  note: {line}")
+    where = [f"{file}: routes[{index}]" for file, index in loaded.route_origins]
+    for shadow in shadowed(rules.routes):
+        print(
+            f"  warning: {where[shadow.index]} never matches: {where[shadow.by]} comes first, "
+            "catches every event it would and does not continue"
+        )
+    if args.fixtures is None:
+        return 0
+    directory = Path(args.fixtures)
+    samples = {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*.json"))
+        if not p.name.endswith(".headers.json") and p.name != "expected.json"
+    }
+    if not samples:
+        print(f"relay check: no *.json samples under {directory}", file=sys.stderr)
+        return 2
+    return asyncio.run(_fixture_coverage(settings, directory, samples, where))
+
+
+async def _fixture_coverage(
+    settings: Settings, directory: Path, samples: dict[str, bytes], where: list[str]
+) -> int:
+    """Route each sample callback (``<provider>/…/*.json``, as in tests/fixtures/providers)
+    at every source of its provider; print what each route catches."""
+    from relay.providers.base import Ignored, Inbound
+    from relay.runtime import build_runtime
+
+    async with build_runtime(settings, dry_run=True, notes=False) as runtime:
+        rules, receiver = runtime.rulebook.rules, runtime.receiver
+        caught: list[list[str]] = [[] for _ in rules.routes]
+        unrouted: list[str] = []
+        for name, body in samples.items():
+            provider = name.split("/", 1)[0]
+            for source, config in sorted(rules.sources.items()):
+                if config.provider != provider:
+                    continue
+                inbound = Inbound(
+                    source=source,
+                    config=config,
+                    headers={},
+                    body=body,
+                    received_at=datetime.now(UTC),
+                    verify=False,
+                )
+                try:
+                    event = receiver.normalize(inbound, verify=False)
+                except (RequestError, UnreadableCallbackError):
+                    continue
+                if isinstance(event, Ignored):
+                    continue
+                routes = matching_routes(rules.routes, event.match_labels())
+                label = name if len(rules.sources) == 1 else f"{name} at {source}"
+                for index in routes:
+                    caught[index].append(label)
+                if not routes:
+                    unrouted.append(label)
+    print(f"\nsamples under {directory} caught by each route:")
+    for index, names in enumerate(caught):
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        print(f"  {where[index]}: {len(names)} {'(' + shown + ')' if names else ''}".rstrip())
+    if unrouted:
+        print(f"  no route: {len(unrouted)} ({', '.join(unrouted[:8])})")
     return 0
 
 
@@ -350,6 +414,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate the rules and report every problem")
     rules(c)
+    c.add_argument(
+        "--fixtures",
+        metavar="DIR",
+        help="also show which sample callbacks (DIR/<provider>/…/*.json) each route catches",
+    )
     c.set_defaults(func=cmd_check)
 
     t = sub.add_parser("test", help="dry run: normalize, route and render a payload file")

@@ -48,6 +48,8 @@ class LoadedRules:
     rules: Rules
     files: list[Path]
     defaults_used: list[str]
+    # Where each route of ``rules.routes`` was written: (file, index within that file).
+    route_origins: list[tuple[str, int]] = field(default_factory=list)
 
 
 SourceCheck = Callable[[SourceConfig], list[tuple[str | None, str]]]
@@ -81,7 +83,12 @@ def load_rules(
         destinations={name: dest for name, (_, dest) in merge.destinations.items()},
         routes=[route for _, _, route in merge.routes],
     )
-    return LoadedRules(rules=rules, files=files, defaults_used=merge.defaults_used)
+    return LoadedRules(
+        rules=rules,
+        files=files,
+        defaults_used=merge.defaults_used,
+        route_origins=[(file, index) for file, index, _ in merge.routes],
+    )
 
 
 def find_rule_files(directory: Path) -> list[Path]:
