@@ -119,8 +119,21 @@ class Message:
     def is_reply(self) -> bool:
         return self.thread_ts is not None and self.thread_ts != self.ts
 
-    def as_slack(self) -> dict[str, Any]:
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """What the post's ``metadata`` held (JSON text or an object), if anything."""
+        value = self.params.get("metadata")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        return value if isinstance(value, dict) else None
+
+    def as_slack(self, *, with_metadata: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "message", "user": self.user, "ts": self.ts}
+        if with_metadata and self.metadata is not None:
+            out["metadata"] = self.metadata
         if self.bot_id is not None:
             out["bot_id"] = self.bot_id
         out["team"] = TEAM_ID
@@ -415,6 +428,8 @@ class SlackStandIn:
         self.inactive_tokens: set[str] = set(inactive_tokens)
         self.users: set[str] = set(users)
         self.rate_limit_per_channel = rate_limit_per_channel
+        # Scopes the token lacks: "history" makes conversations.* answer missing_scope.
+        self.missing_scopes: set[str] = set()
         self._channels: dict[str, Channel] = {}
         for cid, name in (DEFAULT_CHANNELS if channels is None else channels).items():
             self.add_channel(cid, name)
@@ -727,6 +742,8 @@ class SlackStandIn:
             "chat.postMessage": self._post_message,
             "chat.postEphemeral": self._post_ephemeral,
             "chat.update": self._update,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
         }.get(method)
         if handler is None:
             return 404, {"ok": False, "error": "unknown_method", "req_method": method}, {}
@@ -850,6 +867,39 @@ class SlackStandIn:
             },
             {},
         )
+
+    def _readable(self, params: dict[str, Any]) -> Channel:
+        """conversations.*: by ID only, as Slack takes it; reading needs the history scope."""
+        if "history" in self.missing_scopes:
+            raise _Reject("missing_scope", needed="channels:history")
+        channel = params.get("channel")
+        ch = self._find_channel(channel, ids_only=True) if isinstance(channel, str) else None
+        if ch is None:
+            raise _Reject("channel_not_found")
+        return ch
+
+    def _listed(
+        self, found: list[Message], params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        oldest = float(params.get("oldest") or 0)
+        metadata = str(params.get("include_all_metadata", "")).lower() in ("true", "1")
+        limit = int(params.get("limit") or 100)
+        kept = [m for m in found if float(m.ts) > oldest][:limit]
+        return 200, {"ok": True, "messages": [m.as_slack(with_metadata=metadata) for m in kept]}, {}
+
+    def _history(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        ch = self._readable(params)
+        # Newest first, top-level messages only (replies are in conversations.replies).
+        return self._listed(list(reversed(self.messages(ch.id))), params)
+
+    def _replies(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        ch = self._readable(params)
+        ts = str(params.get("ts") or "")
+        parent = self._messages.get((ch.id, ts))
+        if parent is None:
+            raise _Reject("thread_not_found")
+        # The parent first, then its replies, oldest first.
+        return self._listed([parent, *self.replies(ch.id, ts)], params)
 
     # ------------------------------------------------------------ incoming webhooks
 

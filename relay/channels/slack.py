@@ -13,6 +13,8 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -44,6 +46,13 @@ TRANSIENT_ERRORS = frozenset(
         "request_timeout",
     }
 )
+
+
+log = logging.getLogger("relay.channels.slack")
+# The metadata event type of relay's messages: how a retry recognizes its own post.
+METADATA_TYPE = "relay_task"
+# A conversation ID (public, private, DM): what conversations.history takes, not "#name".
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{8,}")
 
 
 def message_key(event: TaskEvent) -> str:
@@ -116,7 +125,12 @@ class SlackChannel:
         key = message_key(event)
         # A row that is not a reference reads as None: a new message is posted, which is
         # the most a stray row can cost (no edit of a message we cannot name).
-        ref = SlackMessageRef.from_json(await state.get_state(self.name, key))
+        row = await state.get_state(self.name, key)
+        ref = SlackMessageRef.from_json(row)
+        if ref is None and row is not None and isinstance(row.get("posting_since"), int | float):
+            # An earlier attempt was posting this task's message when it stopped (its process
+            # was killed): if Slack made the post, that message is the task's.
+            ref = await self._posted(web, key, row["posting_since"])
         if ref is not None and ref.final and not event.final:
             # A late progress event must not turn a finished message back into "running".
             return
@@ -144,15 +158,96 @@ class SlackChannel:
                     raise
                 ref = None  # someone deleted it: post a new one
         if ref is None:
+            key = message_key(event)
+            now = self._deps.clock()
+            # Slack has no idempotency key: remember that a post is under way, and tag the
+            # message, so an attempt after a crash finds it rather than posting twice.
+            await self._deps.state.put_state(self.name, key, {"posting_since": now}, now)
             answer = await web.chat_postMessage(
                 channel=self._config.channel or "",
                 text=message.text,
                 blocks=message.blocks,
                 unfurl_links=False,
                 unfurl_media=False,
+                metadata=self._metadata(key),
             )
             ref = SlackMessageRef(channel=str(answer["channel"]), ts=str(answer["ts"]))
+            await self._learn_channel(ref.channel)
         return dataclasses.replace(ref, final=event.final, event_id=event.id)
+
+    def _metadata(self, key: str, reply: str | None = None) -> dict[str, Any]:
+        payload = {"destination": self.name, "task": key}
+        if reply is not None:
+            payload["reply"] = reply
+        return {"event_type": METADATA_TYPE, "event_payload": payload}
+
+    async def _channel_id(self) -> str | None:
+        """The configured channel's ID (what conversations.history takes), if known."""
+        configured = self._config.channel or ""
+        if _CHANNEL_ID.fullmatch(configured):
+            return configured
+        row = await self._deps.state.get_state(self.name, "channel-id")
+        if row is not None and row.get("for") == configured and isinstance(row.get("id"), str):
+            return str(row["id"])
+        return None
+
+    async def _learn_channel(self, channel_id: str) -> None:
+        if _CHANNEL_ID.fullmatch(self._config.channel or "") or (
+            await self._channel_id() == channel_id
+        ):
+            return
+        value = {"for": self._config.channel or "", "id": channel_id}
+        await self._deps.state.put_state(self.name, "channel-id", value, self._deps.clock())
+
+    async def _posted(self, web: AsyncWebClient, key: str, since: float) -> SlackMessageRef | None:
+        """The task's message if an earlier attempt posted it, else None (then it is posted
+        anew: what can be done without the history scope)."""
+        channel = await self._channel_id()
+        if channel is None:
+            return None
+        ts = await self._find(web, channel, since, self._metadata(key)["event_payload"])
+        return SlackMessageRef(channel=channel, ts=ts) if ts is not None else None
+
+    async def _find(
+        self,
+        web: AsyncWebClient,
+        channel: str,
+        since: float,
+        payload: dict[str, Any],
+        thread_ts: str | None = None,
+    ) -> str | None:
+        """The ts of our message tagged ``payload``, posted since ``since`` (our clock: a
+        minute of slack for Slack's), or None if there is none or it cannot be looked up."""
+        oldest = f"{max(0.0, since - 60):.6f}"
+        try:
+            if thread_ts is None:
+                answer = await web.conversations_history(
+                    channel=channel, oldest=oldest, include_all_metadata=True, limit=200
+                )
+            else:
+                answer = await web.conversations_replies(
+                    channel=channel,
+                    ts=thread_ts,
+                    oldest=oldest,
+                    include_all_metadata=True,
+                    limit=200,
+                )
+        except SlackApiError as exc:
+            log.warning(
+                "slack %s: cannot look for a message an interrupted attempt may have posted "
+                "(%s): posting it again",
+                self.name,
+                exc.response.get("error"),
+            )
+            return None
+        for message in answer.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if (
+                metadata.get("event_type") == METADATA_TYPE
+                and metadata.get("event_payload") == payload
+            ):
+                return str(message["ts"])
+        return None
 
     async def _reply(
         self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef, key: str
@@ -161,7 +256,18 @@ class SlackChannel:
         reply = slack_thread_reply(event, self._deps.names)
         if reply is None or ref.replied == event.id:
             return
+        replied = dataclasses.replace(ref, replied=event.id, replying=None, replying_since=None)
+        state = self._deps.state
+        if ref.replying == event.id and ref.replying_since is not None:
+            # An earlier attempt was posting this reply when it stopped: posted already?
+            payload = self._metadata(key, reply=event.id)["event_payload"]
+            if await self._find(web, ref.channel, ref.replying_since, payload, ref.ts):
+                await state.put_state(self.name, key, replied.to_json(), self._deps.clock())
+                return
         await self._turn()
+        now = self._deps.clock()
+        replying = dataclasses.replace(ref, replying=event.id, replying_since=now)
+        await state.put_state(self.name, key, replying.to_json(), now)
         await web.chat_postMessage(
             channel=ref.channel,
             thread_ts=ref.ts,
@@ -169,9 +275,9 @@ class SlackChannel:
             blocks=reply.blocks,
             unfurl_links=False,
             unfurl_media=False,
+            metadata=self._metadata(key, reply=event.id),
         )
-        replied = dataclasses.replace(ref, replied=event.id)
-        await self._deps.state.put_state(self.name, key, replied.to_json(), self._deps.clock())
+        await state.put_state(self.name, key, replied.to_json(), self._deps.clock())
 
     async def _send_webhook(self, hook: AsyncWebhookClient, event: TaskEvent) -> None:
         message: SlackMessage = slack_message(event, self._deps.names)

@@ -246,6 +246,8 @@ class SlackMessageRef:
 
     ``final``: it shows a final event (a late progress event must not edit it back).
     ``event_id``: the event it shows. ``replied``: the event whose thread reply was posted.
+    ``replying``: the event whose thread reply is being posted, since ``replying_since``
+    (an attempt that finds it looks for that reply before posting again).
     """
 
     channel: str
@@ -253,6 +255,8 @@ class SlackMessageRef:
     final: bool = False
     event_id: str | None = None
     replied: str | None = None
+    replying: str | None = None
+    replying_since: float | None = None
 
     @staticmethod
     def key(event: TaskEvent) -> str:
@@ -268,6 +272,9 @@ class SlackMessageRef:
         }
         if self.replied is not None:
             value["replied"] = self.replied
+        if self.replying is not None:
+            value["replying"] = self.replying
+            value["replying_since"] = self.replying_since
         return value
 
     @classmethod
@@ -283,7 +290,10 @@ class SlackMessageRef:
             return None
         if not (_str_or_none(event_id) and _str_or_none(replied)):
             return None
-        return cls(channel, ts, final, event_id, replied)
+        replying, since = value.get("replying"), value.get("replying_since")
+        if not (isinstance(replying, str) and isinstance(since, int | float)):
+            replying, since = None, None
+        return cls(channel, ts, final, event_id, replied, replying, since)
 
 
 @dataclass(frozen=True)
