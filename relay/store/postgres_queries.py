@@ -251,34 +251,7 @@ _NOT_HELD_BACK = """
 # A row another claimer leased after this statement's snapshot is re-checked against the WHERE
 # on its new version (its due_at is now in the future) and dropped. The lease token is 122
 # random bits from the server's strong random source, 32 hex digits like secrets.token_hex(16).
-CLAIM_SQL = f"""
-    WITH due AS (
-        SELECT d.id, d.due_at, d.seq
-        FROM deliveries AS d
-        WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
-            AND d.destination <> ALL(%(skip)s::text[])
-        ORDER BY d.due_at, d.seq
-        LIMIT %(limit)s
-        FOR UPDATE OF d SKIP LOCKED
-    ), leased AS (
-        UPDATE deliveries AS d
-        SET state = 'sending', attempts = d.attempts + 1,
-            lease_token = replace(gen_random_uuid()::text, '-', ''),
-            lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s
-        FROM due
-        WHERE d.id = due.id
-        RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
-            due.due_at AS was_due, due.seq
-    )
-    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
-    FROM leased AS l JOIN events AS e ON e.id = l.event_id
-    ORDER BY l.was_due, l.seq
-"""
-# CLAIM_SQL with caps: no destination in %(capped)s gets more rows than its %(room)s (its
-# cap less its leases in force). Run under CLAIM_CAPS_LOCK_SQL, so two claimers never count
-# the same free slots.
-CLAIM_CAPPED_SQL = f"""
-    WITH due AS (
+_DUE = f"""
         SELECT d.id, d.due_at, d.seq, d.destination
         FROM deliveries AS d
         WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
@@ -286,7 +259,34 @@ CLAIM_CAPPED_SQL = f"""
         ORDER BY d.due_at, d.seq
         LIMIT %(limit)s
         FOR UPDATE OF d SKIP LOCKED
-    ), ranked AS (
+"""
+
+
+def _leasing(rows: str) -> str:
+    """The rest of a claim: lease the rows of CTE ``rows`` (id, due_at, seq), answer them."""
+    return f"""
+    leased AS (
+        UPDATE deliveries AS d
+        SET state = 'sending', attempts = d.attempts + 1,
+            lease_token = replace(gen_random_uuid()::text, '-', ''),
+            lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s
+        FROM {rows}
+        WHERE d.id = {rows}.id
+        RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
+            {rows}.due_at AS was_due, {rows}.seq
+    )
+    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
+    FROM leased AS l JOIN events AS e ON e.id = l.event_id
+    ORDER BY l.was_due, l.seq
+"""
+
+
+CLAIM_SQL = f"WITH due AS ({_DUE}), {_leasing('due')}"
+# CLAIM_SQL with caps: no destination in %(capped)s gets more rows than its %(room)s (its
+# cap less its leases in force). Run under CLAIM_CAPS_LOCK_SQL, so two claimers never count
+# the same free slots.
+CLAIM_CAPPED_SQL = f"""
+    WITH due AS ({_DUE}), ranked AS (
         SELECT due.id, due.due_at, due.seq, due.destination,
             row_number() OVER (PARTITION BY due.destination ORDER BY due.due_at, due.seq) AS n
         FROM due
@@ -296,20 +296,7 @@ CLAIM_CAPPED_SQL = f"""
         LEFT JOIN unnest(%(capped)s::text[], %(room)s::int[]) AS c(destination, room)
             ON c.destination = r.destination
         WHERE c.room IS NULL OR r.n <= c.room
-    ), leased AS (
-        UPDATE deliveries AS d
-        SET state = 'sending', attempts = d.attempts + 1,
-            lease_token = replace(gen_random_uuid()::text, '-', ''),
-            lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s
-        FROM picked
-        WHERE d.id = picked.id
-        RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
-            picked.due_at AS was_due, picked.seq
-    )
-    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
-    FROM leased AS l JOIN events AS e ON e.id = l.event_id
-    ORDER BY l.was_due, l.seq
-"""
+    ), {_leasing("picked")}"""
 CLAIM_CAPS_LOCK_SQL = "SELECT pg_advisory_xact_lock(1380272724, 1128362064)"  # "CAPP"
 IN_FLIGHT_SQL = """
     SELECT destination, count(*) FROM deliveries
