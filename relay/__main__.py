@@ -298,7 +298,8 @@ async def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes)
     failed = 0
     for target in targets:
         channel = book.routing.channels[target.destination]
-        delivery = Delivery(IdFactory()("dlv"), target.destination, 1, event)
+        mentions = book.routing.mentions_for(target.route, event)
+        delivery = Delivery(IdFactory()("dlv"), target.destination, 1, event, mentions)
         print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
         print(channel.render(delivery))
         if args.send:

@@ -24,8 +24,10 @@ from relay.errors import (
     StoreUnavailableError,
     TransientDeliveryError,
 )
+from relay.events import TaskEvent
 from relay.metrics import Metrics
 from relay.retry import RetryPolicy
+from relay.routing.model import MentionConfig
 from relay.store.base import Claim, Outcome, Store
 
 log = logging.getLogger("relay.dispatcher")
@@ -47,6 +49,12 @@ class Routing:
     breakers: Mapping[str, BreakerPolicy] = field(default_factory=dict)
     # Each destination's `rate:` as the seconds between two sends; absent: no rate limit.
     rates: Mapping[str, float] = field(default_factory=dict)
+    # Each route's `mention:`, by route index; absent: none.
+    mentions: Mapping[int, MentionConfig] = field(default_factory=dict)
+
+    def mentions_for(self, route: int, event: TaskEvent) -> tuple[str, ...]:
+        rule = self.mentions.get(route)
+        return rule.resolve(event.status, event.labels) if rule is not None else ()
 
     def policy(self, destination: str) -> RetryPolicy:
         return self.policies.get(destination, self.default_policy)
@@ -313,8 +321,11 @@ class Dispatcher:
             # The lease is the promise that nobody else sends this delivery meanwhile, so no
             # attempt may outlive it, whatever the channel's own timeout says.
             async with asyncio.timeout(max(0.0, claim.lease_until - self._clock()) * 0.9):
+                mentions = routing.mentions_for(claim.route, claim.event)
                 await channel.send(
-                    Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
+                    Delivery(
+                        claim.delivery_id, claim.destination, claim.attempt, claim.event, mentions
+                    )
                 )
             outcome = Outcome("delivered")
             result = "ok"

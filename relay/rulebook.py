@@ -118,6 +118,7 @@ class RuleBook:
                 if d.breaker is not None
             },
             rates={n: d.rate for n, d in rules.destinations.items() if d.rate is not None},
+            mentions={i: r.mention for i, r in enumerate(rules.routes) if r.mention is not None},
         )
 
     def reload(self, *, if_changed: bool = False) -> list[str]:

@@ -27,6 +27,8 @@ class Delivery:
     destination: str
     attempt: int
     event: TaskEvent
+    # Who to mention (Slack mention syntax, from the rules only: the route's `mention`).
+    mentions: tuple[str, ...] = ()
 
 
 class Channel(Protocol):

@@ -88,7 +88,7 @@ class SlackChannel:
             self._pace_key = "slack-webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
 
     def render(self, delivery: Delivery) -> str:
-        message = slack_message(delivery.event, self._deps.names)
+        message = slack_message(delivery.event, self._deps.names, delivery.mentions)
         where = self._config.channel if self._web is not None else "incoming webhook"
         payload = {"channel": where, "text": message.text, "blocks": message.blocks}
         return "Slack " + json.dumps(payload, indent=2, ensure_ascii=False)
@@ -97,10 +97,10 @@ class SlackChannel:
         try:
             async with asyncio.timeout(self._config.timeout):
                 if self._web is not None:
-                    await self._send_api(self._web, delivery.event)
+                    await self._send_api(self._web, delivery.event, delivery.mentions)
                 else:
                     assert self._hook is not None
-                    await self._send_webhook(self._hook, delivery.event)
+                    await self._send_webhook(self._hook, delivery.event, delivery.mentions)
         except (DeliveryError, DeliveryDeferred):
             raise
         except TimeoutError:
@@ -120,7 +120,9 @@ class SlackChannel:
         if wait > 0:
             raise DeliveryDeferred(wait, "paced: one message per channel at a time")
 
-    async def _send_api(self, web: AsyncWebClient, event: TaskEvent) -> None:
+    async def _send_api(
+        self, web: AsyncWebClient, event: TaskEvent, mentions: tuple[str, ...] = ()
+    ) -> None:
         state = self._deps.state
         key = message_key(event)
         # A row that is not a reference reads as None: a new message is posted, which is
@@ -137,16 +139,20 @@ class SlackChannel:
         if ref is None or ref.event_id != event.id:
             # (An earlier attempt of this delivery that got as far as the message but not the
             # thread reply skips straight to the reply: pacing must not loop on the edit.)
-            ref = await self._show(web, event, ref)
+            ref = await self._show(web, event, ref, mentions)
             await state.put_state(self.name, key, ref.to_json(), self._deps.clock())
         if self._config.thread_replies:
             await self._reply(web, event, ref, key)
 
     async def _show(
-        self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef | None
+        self,
+        web: AsyncWebClient,
+        event: TaskEvent,
+        ref: SlackMessageRef | None,
+        mentions: tuple[str, ...] = (),
     ) -> SlackMessageRef:
         """Edit the task's message to show ``event``, or post it; the new reference."""
-        message = slack_message(event, self._deps.names)
+        message = slack_message(event, self._deps.names, mentions)
         await self._turn()
         if ref is not None:
             try:
@@ -279,8 +285,10 @@ class SlackChannel:
         )
         await state.put_state(self.name, key, replied.to_json(), self._deps.clock())
 
-    async def _send_webhook(self, hook: AsyncWebhookClient, event: TaskEvent) -> None:
-        message: SlackMessage = slack_message(event, self._deps.names)
+    async def _send_webhook(
+        self, hook: AsyncWebhookClient, event: TaskEvent, mentions: tuple[str, ...] = ()
+    ) -> None:
+        message: SlackMessage = slack_message(event, self._deps.names, mentions)
         await self._turn()
         answer = await hook.send(text=message.text, blocks=message.blocks)
         if 200 <= answer.status_code < 300:

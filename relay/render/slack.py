@@ -12,6 +12,7 @@ outputs end with a visible "… and N more outputs", long texts end with "…"; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -380,10 +381,19 @@ def enforce_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- public API --------------------------------------------------------------------------------
 
 
-def slack_message(event: TaskEvent, names: ProviderNames) -> SlackMessage:
-    """The Slack message for ``event``, within Slack's limits (``names``: see ``summarize``)."""
+def slack_message(
+    event: TaskEvent, names: ProviderNames, mentions: Sequence[str] = ()
+) -> SlackMessage:
+    """The Slack message for ``event``, within Slack's limits (``names``: see ``summarize``).
+    ``mentions`` (Slack mention syntax, from the rules: never payload text, which is always
+    escaped) lead the text, so they notify, and get a line of their own under the header."""
     summary = summarize(event, names)
-    return SlackMessage(text=_fallback_text(summary), blocks=enforce_limits(_blocks(summary)))
+    text, blocks = _fallback_text(summary), _blocks(summary)
+    if mentions:
+        line = " ".join(mentions)
+        text = safe_cut(f"{line} {text}", MAX_TEXT)
+        blocks.insert(1, _section(line))
+    return SlackMessage(text=text, blocks=enforce_limits(blocks))
 
 
 def slack_thread_reply(event: TaskEvent, names: ProviderNames) -> SlackMessage | None:

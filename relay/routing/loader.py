@@ -444,6 +444,14 @@ class _Merge:
                         ("routes", index, "match"),
                         f"unknown label '{matcher.name}' in '{matcher}' (valid: {valid})",
                     )
+            for name in route.mention.label_names() if route.mention is not None else []:
+                if name not in declared:
+                    self.problem(
+                        file,
+                        ("routes", index, "mention"),
+                        f"label:{name}: no source declares the label '{name}' "
+                        f"(declared: {', '.join(sorted(declared)) or 'none'})",
+                    )
         known = sorted(name for section, name in self.origins if section == "destinations")
         listed = ", ".join(known) if known else "none defined"
         for file, index, names in self.route_targets:

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay import signing
-from relay.events import LABEL_NAMES
+from relay.events import LABEL_NAMES, Status
 from relay.routing.durations import Duration, Rate, parse_duration
 from relay.routing.matchers import Matcher, parse_matchers
 
@@ -368,12 +368,74 @@ Destination = Annotated[
 ]
 
 
+# What a mention may be: a user, a user group, @here/@channel/@everyone, or the value of a
+# URL label (a Slack user ID), written label:NAME.
+_MENTION = re.compile(r"<@[UW][A-Z0-9]{2,}>|<!subteam\^S[A-Z0-9]{2,}>|<!(?:here|channel|everyone)>")
+_LABEL_MENTION = re.compile(r"label:([a-z][a-z0-9_]{0,63})")
+# A Slack user ID, as a label's value must be to become a mention.
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+
+
+def _failures() -> list[Status]:
+    return ["failed"]
+
+
+class MentionConfig(_Strict):
+    """Who a route's Slack messages mention, and for which statuses (failures by default)."""
+
+    who: list[str] = Field(min_length=1)
+    when: list[Status] = Field(default_factory=_failures)
+
+    @field_validator("who", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("who")
+    @classmethod
+    def _mentions(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not (_MENTION.fullmatch(item) or _LABEL_MENTION.fullmatch(item)):
+                raise ValueError(
+                    f"bad mention {item!r}: write <@U012AB3CD>, <!subteam^S012AB3CD>, <!here>, "
+                    "<!channel> or label:NAME (a URL label holding a user ID)"
+                )
+        return value
+
+    def label_names(self) -> list[str]:
+        return [m.group(1) for item in self.who if (m := _LABEL_MENTION.fullmatch(item))]
+
+    def resolve(self, status: str, labels: dict[str, str]) -> tuple[str, ...]:
+        """The mentions for an event with ``status`` and URL ``labels``: none unless its
+        status is one of ``when``; a label that does not hold a user ID mentions nobody."""
+        if status not in self.when:
+            return ()
+        out = []
+        for item in self.who:
+            label = _LABEL_MENTION.fullmatch(item)
+            if label is None:
+                out.append(item)
+            elif SLACK_USER_ID.fullmatch(value := labels.get(label.group(1), "")):
+                out.append(f"<@{value}>")
+        return tuple(dict.fromkeys(out))
+
+
 class Route(_Strict):
-    """Matchers (all must hold) and the destinations to deliver to."""
+    """Matchers (all must hold) and the destinations to deliver to; ``mention``: who its
+    Slack messages mention (README: Rules, mentions)."""
 
     match: list[Matcher] = Field(default_factory=list)
     to: list[str]
     continue_: bool = Field(default=False, alias="continue")
+    mention: MentionConfig | None = None
+
+    @field_validator("mention", mode="before")
+    @classmethod
+    def _mention_list(cls, value: object) -> object:
+        # `mention: ["<!subteam^S0123>"]` is who, on failures.
+        if isinstance(value, str | list):
+            return {"who": value}
+        return value
 
     @field_validator("match", mode="before")
     @classmethod

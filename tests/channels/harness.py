@@ -18,7 +18,7 @@ from relay.dispatcher import Dispatcher, Routing
 from relay.events import TaskEvent
 from relay.providers import default_providers
 from relay.retry import RetryPolicy
-from relay.routing.model import Destination
+from relay.routing.model import Destination, MentionConfig
 from relay.runtime import provider_names
 from relay.store.base import DeliveryRecord, NewDelivery
 from relay.store.sqlite import SQLiteStore
@@ -56,6 +56,8 @@ class Harness:
         self.http = http
         self.clock = Clock()
         self.channels: dict[str, Channel] = {}
+        # Route 0's `mention:` (every delivery the harness makes is of route 0).
+        self.mentions: dict[int, MentionConfig] = {}
         self.dispatcher = Dispatcher(store, self.routing, clock=self.clock)
 
     def add(self, name: str, **config: Any) -> Channel:
@@ -71,7 +73,11 @@ class Harness:
         return self.channels[name]
 
     def routing(self) -> Routing:
-        return Routing(dict(self.channels), {n: RetryPolicy(jitter=0) for n in self.channels})
+        return Routing(
+            dict(self.channels),
+            {n: RetryPolicy(jitter=0) for n in self.channels},
+            mentions=dict(self.mentions),
+        )
 
     async def ingest(self, event: TaskEvent, *destinations: str) -> list[str]:
         """Store the event with one delivery per destination (grouped by task, as the

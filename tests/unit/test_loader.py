@@ -408,6 +408,15 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
             "final, model, output_kind, provider, source, status, task_id, task_type, team, test)",
         ),
         (
+            "sources:\n  g: {provider: goapi, secret: s, labels: [team]}\n"
+            "routes:\n  - {to: [], mention: ['label:user']}\n",
+            "routes[0].mention: label:user: no source declares the label 'user' (declared: team)",
+        ),
+        (
+            "routes:\n  - {to: [], mention: ['@here']}\n",
+            "routes[0].mention.who: bad mention '@here': write <@U012AB3CD>",
+        ),
+        (
             "destinations:\n  d: {type: webhook, url: 'http://x', rate: fast}\n",
             "destinations.d.rate: bad rate 'fast': use sends per unit of time, e.g. '10/s'",
         ),
