@@ -14,6 +14,9 @@ from typing import Any, Literal, Protocol, Self
 
 from relay.events import TaskEvent
 
+# The detail of the attempt row written for an attempt whose lease expired before it recorded
+# an outcome (its process stopped, or it outlived the lease), when the delivery is taken over.
+LOST_ATTEMPT = "lease expired with no outcome recorded (its process stopped?): sent again"
 # A label's name (the rules declare them so): safe to write into a JSON path.
 LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 

@@ -18,6 +18,7 @@ from typing import Any
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import (
+    LOST_ATTEMPT,
     AttemptRecord,
     Claim,
     Cursor,
@@ -166,6 +167,17 @@ class MemoryStore:
                 if room[d.destination] <= 0:
                     continue
                 room[d.destination] -= 1
+            if d.state == "sending":  # taken over: its lost attempt gets the row it never wrote
+                data.attempts.append(
+                    AttemptRecord(
+                        delivery_id=d.id,
+                        attempt=d.attempts,
+                        started_at=d.updated_at,
+                        finished_at=d.lease_until or now,
+                        state="pending",
+                        detail=LOST_ATTEMPT,
+                    )
+                )
             d.state = "sending"
             d.attempts += 1
             d.lease_token = secrets.token_hex(16)

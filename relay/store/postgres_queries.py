@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import (
+    LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
@@ -252,7 +253,7 @@ _NOT_HELD_BACK = """
 # on its new version (its due_at is now in the future) and dropped. The lease token is 122
 # random bits from the server's strong random source, 32 hex digits like secrets.token_hex(16).
 _DUE = f"""
-        SELECT d.id, d.due_at, d.seq, d.destination
+        SELECT d.id, d.due_at, d.seq, d.destination, d.state, d.updated_at, d.attempts
         FROM deliveries AS d
         WHERE d.state IN ('pending', 'sending') AND d.due_at <= %(now)s AND {_NOT_HELD_BACK}
             AND d.destination <> ALL(%(skip)s::text[])
@@ -263,7 +264,9 @@ _DUE = f"""
 
 
 def _leasing(rows: str) -> str:
-    """The rest of a claim: lease the rows of CTE ``rows`` (id, due_at, seq), answer them."""
+    """The rest of a claim: lease the rows of CTE ``rows`` (those of _DUE), give each one
+    taken over from an expired lease the attempt row its lost attempt never wrote (%(lost)s
+    its detail), and answer them."""
     return f"""
     leased AS (
         UPDATE deliveries AS d
@@ -274,6 +277,12 @@ def _leasing(rows: str) -> str:
         WHERE d.id = {rows}.id
         RETURNING d.id, d.event_id, d.destination, d.route, d.attempts, d.lease_token,
             {rows}.due_at AS was_due, {rows}.seq
+    ), lost AS (
+        INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)
+        SELECT r.id, r.attempts, r.updated_at, r.due_at, 'pending', %(lost)s
+        FROM {rows} AS r
+        WHERE r.state = 'sending' AND r.id IN (SELECT id FROM leased)
+        ORDER BY r.due_at, r.seq
     )
     SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
     FROM leased AS l JOIN events AS e ON e.id = l.event_id
@@ -287,11 +296,11 @@ CLAIM_SQL = f"WITH due AS ({_DUE}), {_leasing('due')}"
 # the same free slots.
 CLAIM_CAPPED_SQL = f"""
     WITH due AS ({_DUE}), ranked AS (
-        SELECT due.id, due.due_at, due.seq, due.destination,
+        SELECT due.*,
             row_number() OVER (PARTITION BY due.destination ORDER BY due.due_at, due.seq) AS n
         FROM due
     ), picked AS (
-        SELECT r.id, r.due_at, r.seq
+        SELECT r.id, r.due_at, r.seq, r.state, r.updated_at, r.attempts
         FROM ranked AS r
         LEFT JOIN unnest(%(capped)s::text[], %(room)s::int[]) AS c(destination, room)
             ON c.destination = r.destination
@@ -571,7 +580,12 @@ async def claim(
     """Lease due deliveries, none to a destination in ``skip``, none past a destination's
     cap (counted with every replica's leases)."""
     lease_until = now + lease
-    params: dict[str, object] = {"now": now, "limit": limit, "until": lease_until}
+    params: dict[str, object] = {
+        "now": now,
+        "limit": limit,
+        "until": lease_until,
+        "lost": LOST_ATTEMPT,
+    }
     if not caps:
         cur = await conn.execute(CLAIM_SQL, {**params, "skip": list(skip)})
         return _claims(await cur.fetchall(), lease_until)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, cast
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
 from relay.store.base import (
+    LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
     AttemptRecord,
     Claim,
@@ -196,7 +197,8 @@ _NOT_HELD_BACK = """
 # every pending row; the partial due index is always right here (and its predicate is
 # repeated verbatim in WHERE, which SQLite needs to use it).
 _CLAIM_TEMPLATE = f"""
-    SELECT d.id, d.destination, d.route, d.attempts, e.event_json
+    SELECT d.id, d.destination, d.route, d.attempts, e.event_json, d.state, d.updated_at,
+        d.due_at
     FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id
     WHERE d.state IN ('pending', 'sending') AND d.due_at <= ? AND {_NOT_HELD_BACK}{{skip}}
     ORDER BY d.due_at, d.rowid
@@ -451,6 +453,14 @@ def _write_one(conn: sqlite3.Connection, item: IngestItem) -> IngestResult | Sto
         return StoreUnavailableError(f"store: ingest: {exc}")
 
 
+# The attempt row of an attempt whose lease expired before it recorded an outcome: started
+# when leased, ended when the lease did (detail: LOST_ATTEMPT).
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 def in_flight_sql(capped: int) -> str:
     """Leased (sending, lease not expired) deliveries per destination, of ``capped`` ones.
     deliveries_queue's predicate is repeated verbatim so SQLite uses that partial index."""
@@ -481,6 +491,8 @@ def claim(
             room[destination] -= leased
     lease_until = now + lease
     claims: list[Claim] = []
+    # A delivery taken over from an expired lease: the attempt that held it left no outcome.
+    lost: list[tuple[object, ...]] = []
     # Destinations at their cap are left out of the query, so their backlog takes no place
     # in the window; one that fills up within a window drops its extra rows, and the window
     # is read again without it (at most once per capped destination).
@@ -489,7 +501,9 @@ def claim(
         rows = conn.execute(claim_sql(len(left_out)), (now, *left_out, limit - len(claims)))
         dropped = False
         batch = []
-        for delivery_id, destination, route, attempts_so_far, event_json in rows.fetchall():
+        fetched = rows.fetchall()
+        for row in fetched:
+            delivery_id, destination, route, attempts_so_far, event_json = row[:5]
             if destination in room:
                 if room[destination] <= 0:
                     dropped = True
@@ -506,12 +520,20 @@ def claim(
                     lease_until=lease_until,
                 )
             )
+        taken = {c.delivery_id for c in batch}
+        lost.extend(
+            (row[0], row[3], row[6], row[7], "pending", LOST_ATTEMPT)
+            for row in fetched
+            if row[0] in taken and row[5] == "sending"
+        )
         conn.executemany(
             _LEASE, [(c.lease_token, lease_until, lease_until, now, c.delivery_id) for c in batch]
         )
         claims.extend(batch)
         if not dropped:
             break
+    if lost:
+        conn.executemany(_INSERT_ATTEMPT, lost)
     conn.execute("COMMIT")
     return claims
 

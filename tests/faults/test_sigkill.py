@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.store.base import LOST_ATTEMPT
 from tests.downstream import Downstream, Received
 from tests.e2e.cli import DOWN_SECRET, GOAPI_SECRET
 from tests.faults.harness import Ledger, Relay, Serve, settled
@@ -398,8 +399,9 @@ async def test_sigkill_mid_send_is_retried_with_the_same_webhook_id(
     await asyncio.sleep(0.3)  # room for a wrong third copy
     assert copies(downstream) == {delivery["id"]: 2}
     assert delivery["attempts"] == 2
-    log = [(a["attempt"], a["state"]) for a in delivery["attempt_log"]]
-    assert log == [(2, "delivered")], delivery["attempt_log"]
+    # Attempt 1 died with its process: its row says so (written when attempt 2 took over).
+    log = [(a["attempt"], a["state"], a["detail"]) for a in delivery["attempt_log"]]
+    assert log == [(1, "pending", LOST_ATTEMPT), (2, "delivered", "")], delivery["attempt_log"]
     # The process log agrees: attempt 1 ended unrecorded with the killed process, attempt 2
     # is logged delivered by the new one.
     outcomes = [(line["attempt"], line["outcome"]) for line in delivery_lines(relay)]
@@ -446,7 +448,7 @@ async def test_sigkill_as_the_200_goes_out(make_relay: Make, downstream: Downstr
         assert (delivery["attempts"], log) == (1, [(1, "delivered")]), delivery
     else:
         assert sent[delivery["id"]] == 2
-        assert (delivery["attempts"], log) == (2, [(2, "delivered")]), delivery
+        assert (delivery["attempts"], log) == (2, [(1, "pending"), (2, "delivered")]), delivery
 
 
 # ---------------------------------------------------------------- 5. Slack mid-call

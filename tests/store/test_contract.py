@@ -16,7 +16,7 @@ import pytest
 
 from relay.errors import StoreUnavailableError
 from relay.events import TaskEvent
-from relay.store.base import NewDelivery, Outcome, QuarantinedCallback, Store
+from relay.store.base import LOST_ATTEMPT, NewDelivery, Outcome, QuarantinedCallback, Store
 from tests.store.conftest import T0
 
 
@@ -207,7 +207,8 @@ async def test_finish_with_stale_lease_changes_nothing(store: Store) -> None:
     )
 
     assert await store.get_delivery(did) == before
-    assert await store.attempts(did) == []
+    # Only the row the take-over wrote for the lost attempt: the refused finishes wrote none.
+    assert [(a.attempt, a.detail) for a in await store.attempts(did)] == [(1, LOST_ATTEMPT)]
     assert await store.finish(current, Outcome("delivered"), started_at=T0 + 40, now=T0 + 41)
 
 

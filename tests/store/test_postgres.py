@@ -238,7 +238,7 @@ async def test_claim_and_next_due_read_the_indexes(pg_url: str) -> None:
         ANALYZE;
         """,
     )
-    params = {"now": 1e12, "limit": 10, "until": 1e12 + 30, "skip": ["webhook"]}
+    params = {"now": 1e12, "limit": 10, "until": 1e12 + 30, "skip": ["webhook"], "lost": "x"}
     async with await psycopg.AsyncConnection.connect(pg_url) as conn:
         plans = {}
         for name, query, args in (("claim", CLAIM_SQL, params), ("next due", NEXT_DUE_SQL, None)):
