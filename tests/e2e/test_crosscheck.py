@@ -23,6 +23,7 @@ from relay.settings import Settings
 from tests.downstream import Downstream
 from tests.e2e.server import RelayServer, write_rules
 from tests.fixtures_util import load
+from tests.local_http import serve_app
 
 SECRET = "whsec_" + base64.b64encode(b"crosscheck-downstream-01").decode()
 API_KEY = "goapi-key-123"
@@ -70,12 +71,7 @@ class StatusAPI:
     async def start(self) -> StatusAPI:
         app = web.Application()
         app.router.add_get("/api/v1/task/{id}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

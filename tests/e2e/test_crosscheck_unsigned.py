@@ -25,6 +25,7 @@ from relay.settings import Settings
 from tests.downstream import Downstream
 from tests.e2e.server import RelayServer, write_rules
 from tests.fixtures_util import load
+from tests.local_http import serve_app
 
 SECRET = "whsec_" + base64.b64encode(b"crosscheck-unsigned-down-1").decode()
 TOKENS = {"apimart": "tok-apimart-cc", "muapi": "tok-muapi-cc", "novita": "tok-novita-cc"}
@@ -119,12 +120,7 @@ class StatusAPI:
         app.router.add_get("/v1/tasks/{id}", self.apimart)
         app.router.add_get("/api/v1/predictions/{id}/result", self.muapi)
         app.router.add_get("/v3/async/task-result", self.novita)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

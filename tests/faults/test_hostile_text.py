@@ -27,6 +27,7 @@ from tests.downstream import Downstream
 from tests.e2e.cli import arelay
 from tests.faults.harness import ADMIN_TOKEN, GOAPI_SECRET, Ledger, Relay, Serve, settled
 from tests.fixtures_util import load
+from tests.local_http import serve_app
 
 BATCH_TOKEN = "batch-hook-Token-4e7Qz9Lm2x"  # the URL-token source's token
 GUESSED = "guessed-Token-8c1Vb5Nn0k"  # a wrong token a client tried: masked all the same
@@ -89,13 +90,7 @@ async def sick_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    runner, port = await serve_app(app)
     yield f"http://127.0.0.1:{port}/sick"
     await runner.cleanup()
 

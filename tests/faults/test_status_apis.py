@@ -34,6 +34,7 @@ from tests.downstream import Downstream
 from tests.e2e.cli import GOAPI_SECRET
 from tests.faults.harness import Ledger, Relay, settled
 from tests.fixtures_util import load
+from tests.local_http import serve_app
 
 PI_SECRET = "pi-relay-secret"  # what the PiAPI fixture sends
 DOWN_SECRET = "whsec_" + base64.b64encode(b"fault-status-apis-down-1").decode()
@@ -258,12 +259,7 @@ class StatusAPIs:
     async def start(self) -> StatusAPIs:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:
