@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from relay import __version__
 from relay.admin.params import MOMENT_HELP
+from relay.digest import group_of
 from relay.errors import (
     ConfigError,
     RequestError,
@@ -35,6 +36,7 @@ from relay.operate import (
     cmd_reprocess,
     print_problems,
 )
+from relay.operate_silences import add_parser as add_silence_parser
 from relay.providers import default_providers
 from relay.providers.checks import source_checks
 from relay.routing.coverage import matching_routes, shadowed
@@ -299,9 +301,29 @@ async def _show_dry_run(args: argparse.Namespace, runtime: Runtime, body: bytes)
     for target in targets:
         channel = book.routing.channels[target.destination]
         mentions = book.routing.mentions_for(target.route, event)
-        delivery = Delivery(IdFactory()("dlv"), target.destination, 1, event, mentions)
+        template = book.routing.templates.get(target.route)
+        delivery = Delivery(
+            IdFactory()("dlv"), target.destination, 1, event, mentions, template=template
+        )
         print(f"\n--- to {target.destination} (route #{target.route + 1}) ---")
-        print(channel.render(delivery))
+        grouping = book.routing.groups.get(target.route)
+        group = group_of(target.route, grouping, event) if grouping else None
+        if grouping is not None and group is not None:
+            # The real thing sends a digest; the event's own message is shown for its content.
+            print(
+                f"grouped by {', '.join(grouping.by)}: joins digest {group} (one message per "
+                f"window: first after {grouping.wait:g}s, closed after {grouping.interval:g}s "
+                f"quiet or {grouping.close_after} events); this event alone would show as:"
+            )
+        elif grouping is not None:
+            print(f"not grouped: it lacks a label of {', '.join(grouping.by)}, sent on its own")
+        try:
+            print(channel.render(delivery))
+        except DeliveryError as exc:
+            # A template that fails for this event: what a send would record as dead.
+            failed += 1
+            print(f"NOT renderable, would be dead (permanent): {exc.reason}")
+            continue
         if args.send:
             try:
                 await channel.send(delivery)
@@ -464,7 +486,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--all-dead", action="store_true", help="replay every dead delivery")
     r.add_argument(
         "--state",
-        choices=("dead", "delivered"),
+        choices=("dead", "delivered", "silenced"),
         help="with a filter: replay deliveries in this state (default dead)",
     )
     window(r, "deliveries")
@@ -498,6 +520,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--until", metavar="WHEN", help="received before WHEN")
     listing(e, "events")
     e.set_defaults(func=cmd_events)
+
+    add_silence_parser(sub, rules, db)
 
     j = sub.add_parser(
         "rejected", help="refused requests, newest first: why a callback did not arrive"

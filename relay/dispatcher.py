@@ -10,13 +10,14 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, cast
 
 from relay.breaker import BreakerPolicy, Breakers
 from relay.channels.base import Channel, Delivery
+from relay.digest import DigestChannel, DigestKeeper, group_of
 from relay.errors import (
     DeliveryDeferred,
     DeliveryError,
@@ -27,8 +28,12 @@ from relay.errors import (
 from relay.events import TaskEvent
 from relay.metrics import Metrics
 from relay.retry import RetryPolicy
+from relay.routing.grouping import GroupConfig
 from relay.routing.model import MentionConfig
+from relay.routing.quiet import MuteTime
+from relay.silencing import Silencer
 from relay.store.base import Claim, Outcome, Store
+from relay.templating import MessageTemplates
 
 log = logging.getLogger("relay.dispatcher")
 
@@ -51,6 +56,12 @@ class Routing:
     rates: Mapping[str, float] = field(default_factory=dict)
     # Each route's `mention:`, by route index; absent: none.
     mentions: Mapping[int, MentionConfig] = field(default_factory=dict)
+    # Each route's `mute_times:`, by route index; absent: never muted.
+    mutes: Mapping[int, Sequence[MuteTime]] = field(default_factory=dict)
+    # Each route's `group:` (a batch digest), by route index; absent: one message per event.
+    groups: Mapping[int, GroupConfig] = field(default_factory=dict)
+    # Each route's compiled `template:`, by route index; absent: none.
+    templates: Mapping[int, MessageTemplates] = field(default_factory=dict)
 
     def mentions_for(self, route: int, event: TaskEvent) -> tuple[str, ...]:
         rule = self.mentions.get(route)
@@ -66,6 +77,7 @@ class DispatcherStats:
     retried: int = 0
     deferred: int = 0
     dead: int = 0
+    silenced: int = 0
     lost_leases: int = 0
     # Leases given back unfinished at shutdown.
     released: int = 0
@@ -95,8 +107,10 @@ class Dispatcher:
         shutdown_grace: float = 10.0,
         breakers: Breakers | None = None,
         destination_concurrency: int = 16,
+        silencer: Silencer | None = None,
     ) -> None:
         self._store = store
+        self._silencer = silencer if silencer is not None else Silencer(store, clock)
         self._breakers = breakers if breakers is not None else Breakers(store, clock=clock)
         self._destination_concurrency = destination_concurrency
         self._metrics = metrics
@@ -129,6 +143,7 @@ class Dispatcher:
         applied (``run_forever`` applies them)."""
         routing = self._routing()
         skip = await self._skipped(routing)
+        await self._silencer.refresh()
         claims = await self._store.claim(
             self._clock(), self._batch_size, self._lease_seconds, skip=skip, caps=routing.limits
         )
@@ -159,6 +174,8 @@ class Dispatcher:
                 # sick destination's backlog never holds the slots a healthy one needs. The
                 # limits set in the rules are counted by the store, over every process.
                 skip = await self._skipped(routing)
+                # Before claiming: a silence made a moment ago holds what this round sends.
+                await self._silencer.refresh()
                 claims = await self._store.claim(
                     self._clock(), limit, self._lease_seconds, skip=skip, caps=routing.limits
                 )
@@ -309,6 +326,9 @@ class Dispatcher:
                 raise PermanentDeliveryError(
                     f"destination '{claim.destination}' is no longer in the rules"
                 )
+            hold = self._silencer.hold(claim.event, claim.route, routing.mutes)
+            if hold is not None:
+                raise _Held(hold.held_by, hold.reason)
             interval = routing.rates.get(claim.destination)
             if interval is not None:
                 # The destination's rate: one slot per interval, shared through the store.
@@ -321,14 +341,28 @@ class Dispatcher:
             # The lease is the promise that nobody else sends this delivery meanwhile, so no
             # attempt may outlive it, whatever the channel's own timeout says.
             async with asyncio.timeout(max(0.0, claim.lease_until - self._clock()) * 0.9):
-                mentions = routing.mentions_for(claim.route, claim.event)
-                await channel.send(
-                    Delivery(
-                        claim.delivery_id, claim.destination, claim.attempt, claim.event, mentions
+                grouping = routing.groups.get(claim.route)
+                group = group_of(claim.route, grouping, claim.event) if grouping else None
+                if grouping is not None and group is not None and hasattr(channel, "send_digest"):
+                    # A batch digest: this delivery carries its group's window a step.
+                    carrier = cast(DigestChannel, channel)
+                    await self._digests(routing).carry(claim, group, grouping, carrier)
+                else:
+                    mentions = routing.mentions_for(claim.route, claim.event)
+                    await channel.send(
+                        Delivery(
+                            claim.delivery_id,
+                            claim.destination,
+                            claim.attempt,
+                            claim.event,
+                            mentions,
+                            template=routing.templates.get(claim.route),
+                        )
                     )
-                )
             outcome = Outcome("delivered")
             result = "ok"
+        except _Held as held:
+            outcome = Outcome.silenced(held.held_by, held.reason)
         except DeliveryDeferred as wait:
             # Pacing: back in the queue, due when its turn comes; no attempt is spent.
             due = self._clock() + max(0.0, wait.seconds)
@@ -353,6 +387,13 @@ class Dispatcher:
             claim.destination, routing.breakers.get(claim.destination), result
         )
         await self._record(claim, outcome, started, routing.types.get(claim.destination, ""))
+
+    def _digests(self, routing: Routing) -> DigestKeeper:
+        def held(event: TaskEvent, route: int) -> tuple[str, str] | None:
+            hold = self._silencer.hold(event, route, routing.mutes)
+            return None if hold is None else (hold.held_by, hold.reason)
+
+        return DigestKeeper(self._store, self._clock, held)
 
     def _after_failure(self, claim: Claim, error: DeliveryError, routing: Routing) -> Outcome:
         policy = routing.policy(claim.destination)
@@ -390,6 +431,8 @@ class Dispatcher:
             self._metrics.attempt(claim.destination, kind, name, self._clock() - started)
         if outcome.state == "delivered":
             self.stats.delivered += 1
+        elif outcome.state == "silenced":
+            self.stats.silenced += 1
         elif outcome.deferred:
             self.stats.deferred += 1
         elif outcome.state == "pending":
@@ -405,6 +448,14 @@ class Dispatcher:
                 name,
                 extra=_fields(claim, outcome, started, self._clock(), name),
             )
+
+
+class _Held(Exception):
+    """Not sent: held by a silence or a mute window (never leaves the dispatcher)."""
+
+    def __init__(self, held_by: str, reason: str) -> None:
+        super().__init__(reason)
+        self.held_by, self.reason = held_by, reason
 
 
 def _fields(
@@ -436,6 +487,8 @@ def _fields(
 
 def _outcome_name(outcome: Outcome) -> str:
     """delivered, retried, deferred (paced, no attempt spent) or dead."""
+    if outcome.state == "silenced":
+        return "silenced"
     if outcome.deferred:
         return "deferred"
     return "retried" if outcome.state == "pending" else outcome.state

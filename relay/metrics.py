@@ -40,7 +40,7 @@ CALLBACK_OUTCOMES = (
     "crosscheck_unavailable",
     "timed_out",
 )
-DELIVERY_OUTCOMES = ("delivered", "retried", "deferred", "dead")
+DELIVERY_OUTCOMES = ("delivered", "retried", "deferred", "dead", "silenced")
 # A provider answers within seconds; an attempt may take up to its destination's timeout.
 _INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -108,7 +108,7 @@ class RulesMetrics:
 # (serve, worker) reports the same queue. Prometheus collectors are synchronous: ``scrape``
 # awaits the store first, then renders from that snapshot.
 
-QUEUE_STATES = ("pending", "sending", "dead")
+QUEUE_STATES = ("pending", "sending", "dead", "silenced")
 # Under a scraper's usual 10 s timeout: a slow store costs the queue figures, not the scrape.
 QUEUE_READ_SECONDS = 5.0
 
@@ -147,7 +147,8 @@ class _QueueCollector(Collector):
             ),
             GaugeMetricFamily(
                 "relay_queue_depth",
-                "Deliveries pending, sending or dead, by destination and state (from the store).",
+                "Deliveries pending, sending, dead or silenced, by destination and state "
+                "(from the store).",
                 labels=["destination", "state"],
             ),
             GaugeMetricFamily(

@@ -241,7 +241,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 state = found.state if found else "unknown"
                 print(
                     f"{delivery_id}: {state}, would "
-                    + ("be replayed" if state in ("dead", "delivered") else "not be replayed")
+                    + (
+                        "be replayed"
+                        if state in ("dead", "delivered", "silenced")
+                        else "not be replayed"
+                    )
                 )
                 continue
             answer = await ops.replay_one(store, delivery_id, time.time())

@@ -24,9 +24,11 @@ from relay.ids import IdFactory
 from relay.metrics import Metrics
 from relay.providers.base import Ignored, Inbound
 from relay.providers.common import is_sensitive_key, redact_in_place, scrub_literal_in_place
+from relay.render.text import one_line
+from relay.routing.grouping import DIGEST_PREFIX
 from relay.routing.router import Target, route
 from relay.rulebook import RuleBook
-from relay.store.base import NewDelivery, QuarantinedCallback, Store
+from relay.store.base import NewDelivery, QuarantinedCallback, Silence, Store
 
 log = logging.getLogger("relay.receiver")
 
@@ -136,18 +138,23 @@ class Receiver:
 
     def deliveries(self, event: TaskEvent, targets: list[Target]) -> list[NewDelivery]:
         """One new delivery per target, under the rules in force (ingest and a re-route)."""
-        destinations = self._rulebook.rules.destinations
+        rules = self._rulebook.rules
+        destinations = rules.destinations
         # Channels that keep one message per task get the task's events in order.
-        group = f"{event.source}/{event.task_id}"
-        return [
-            NewDelivery(
-                self._ids("dlv"),
-                t.destination,
-                t.route,
-                group if destinations[t.destination].ordered else None,
-            )
-            for t in targets
-        ]
+        task = f"{event.source}/{event.task_id}"
+        labels: dict[str, tuple[str, ...]] | None = None
+        out = []
+        for t in targets:
+            group = task if destinations[t.destination].ordered else None
+            digest = rules.routes[t.route].group
+            if digest is not None:
+                labels = labels if labels is not None else event.match_labels()
+                key = digest.key(labels)
+                if key is not None:
+                    # A digest's events go one at a time: the first carries the rest.
+                    group = f"{DIGEST_PREFIX}{t.route}:{key}"
+            out.append(NewDelivery(self._ids("dlv"), t.destination, t.route, group))
+        return out
 
     async def receive(self, request: Request) -> Accepted | Ignored | Quarantined:
         inbound = self.inbound(request)
@@ -226,6 +233,8 @@ class Receiver:
         stored = await self._store.ingest(result, deliveries)
         if result.final and not stored.duplicate and self._metrics is not None:
             self._metrics.task(result.provider, result.model, result.status)
+        if not stored.duplicate and self._rulebook.rules.inhibit:
+            await self._inhibit(result)
         if not stored.duplicate and deliveries and self._on_stored is not None:
             self._on_stored()
         # The endpoint logs the callback's one line (relay.hooks).
@@ -236,6 +245,35 @@ class Receiver:
             result.task_id,
             result.status,
         )
+
+    async def _inhibit(self, event: TaskEvent) -> None:
+        """An alert an ``inhibit`` rule names opens that rule's silence for its duration
+        (once per alert: the silence's id is the event's), before the alert is answered,
+        so the failures that follow it are held."""
+        labels = event.match_labels()
+        received = event.received_at.timestamp()
+        for index, rule in enumerate(self._rulebook.rules.inhibit):
+            if not all(m.matches(labels) for m in rule.when):
+                continue
+            what = event.error.message if event.error and event.error.message else event.status
+            silence = Silence(
+                id=f"sil_{event.id.partition('_')[2]}_{index}",
+                matchers=tuple(str(m) for m in rule.mute),
+                starts_at=received,
+                ends_at=received + rule.for_,
+                comment=one_line(f"{event.provider} alert {event.task_id}: {what}")[:500],
+                created_by=f"inhibit[{index}]",
+                created_at=received,
+            )
+            if await self._store.add_silence(silence):
+                log.warning(
+                    "silence %s opened by %s (%s) until %s: %s",
+                    silence.id,
+                    event.id,
+                    f"inhibit[{index}]",
+                    datetime.fromtimestamp(silence.ends_at, UTC).isoformat(timespec="seconds"),
+                    ", ".join(silence.matchers),
+                )
 
 
 def url_labels(inbound: Inbound) -> dict[str, str]:

@@ -19,6 +19,7 @@ from relay.providers.checks import source_checks
 from relay.retry import RetryPolicy
 from relay.routing.loader import LoadedRules, find_rule_files, load_rules
 from relay.routing.model import Rules
+from relay.templating import route_templates
 
 log = logging.getLogger("relay.rules")
 
@@ -119,6 +120,9 @@ class RuleBook:
             },
             rates={n: d.rate for n, d in rules.destinations.items() if d.rate is not None},
             mentions={i: r.mention for i, r in enumerate(rules.routes) if r.mention is not None},
+            mutes={i: tuple(r.mute_times) for i, r in enumerate(rules.routes) if r.mute_times},
+            groups={i: r.group for i, r in enumerate(rules.routes) if r.group is not None},
+            templates=route_templates(rules.routes),
         )
 
     def reload(self, *, if_changed: bool = False) -> list[str]:

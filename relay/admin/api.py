@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import operations as ops
 from relay.admin import schemas as s
+from relay.admin import silences
 from relay.admin.params import is_id, parse_labels, parse_moment
 from relay.errors import StoreUnavailableError
+from relay.ids import IdFactory
 from relay.runtime import Runtime
 from relay.store.base import DeliveryFilter, EventFilter
 
@@ -261,6 +263,64 @@ async def list_quarantine(request: Request, rt: Runtime) -> Response:
     return _json(s.QuarantineList(quarantined=[s.Quarantined.of(r) for r in rows]))
 
 
+async def list_silences(request: Request, rt: Runtime) -> Response:
+    q: s.SilenceQuery = _query(request, s.SilenceQuery)
+    now = rt.clock()
+    views = await silences.listing(rt.store, now, include_ended=q.all)
+    return _json(s.SilenceList(silences=[s.SilenceOut.of(v, now) for v in views]))
+
+
+async def create_silence(request: Request, rt: Runtime) -> Response:
+    b: s.SilenceRequest = await _body(request, s.SilenceRequest)
+    now = rt.clock()
+    try:
+        made = await silences.create(
+            rt.store,
+            rt.rulebook.rules,
+            matchers=b.matchers,
+            duration=b.duration,
+            ends_at=_moment(b.ends_at, now, "ends_at"),
+            starts_at=_moment(b.starts_at, now, "starts_at"),
+            comment=b.comment,
+            created_by=b.created_by,
+            now=now,
+            ids=IdFactory(rt.clock),
+        )
+    except silences.SilenceError as exc:
+        raise Refused(400, "bad silence", [str(exc)]) from None
+    return _json(s.SilenceOut.of(silences.SilenceView(made, 0), now), 201)
+
+
+async def get_silence(request: Request, rt: Runtime) -> Response:
+    silence_id = _id(request, "silence_id", "silence")
+    found = await silences.view(rt.store, silence_id)
+    if found is None:
+        raise Refused(404, f"no silence {silence_id}")
+    return _json(s.SilenceOut.of(found, rt.clock()))
+
+
+async def expire_silence(request: Request, rt: Runtime) -> Response:
+    silence_id = _id(request, "silence_id", "silence")
+    b: s.ExpireRequest = await _body(request, s.ExpireRequest)
+    now = rt.clock()
+    found = await silences.expire(rt.store, silence_id, now)
+    if found is None:
+        raise Refused(404, f"no silence {silence_id}")
+    released = await silences.release(rt.store, silence_id, now) if b.release else 0
+    if released and rt.dispatcher is not None:
+        rt.dispatcher.wake()
+    after = await silences.view(rt.store, silence_id) if released else found
+    return _json(s.SilenceEnded(silence=s.SilenceOut.of(after or found, now), released=released))
+
+
+async def release_held(request: Request, rt: Runtime) -> Response:
+    held_by = _id(request, "held_by", "silence or mute window")
+    released = await silences.release(rt.store, held_by, rt.clock())
+    if released and rt.dispatcher is not None:
+        rt.dispatcher.wake()
+    return _json(s.Released(held_by=held_by, released=released))
+
+
 async def openapi_document(request: Request) -> Response:
     """This API's OpenAPI document (built from ``ENDPOINTS``)."""
     from relay.admin.openapi import document
@@ -358,6 +418,50 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The last refused requests, per source: why a callback did not arrive",
         {200: s.RejectedList, 400: s.Error, 401: s.Error},
         query=s.RejectedQuery,
+    ),
+    Endpoint(
+        "GET",
+        "/silences",
+        list_silences,
+        "The silences not ended yet (all with all=true), with what each holds",
+        {200: s.SilenceList, 400: s.Error, 401: s.Error},
+        query=s.SilenceQuery,
+    ),
+    Endpoint(
+        "POST",
+        "/silences",
+        create_silence,
+        "Silence the deliveries of matching events for a while",
+        {201: s.SilenceOut, **_ERRORS},
+        body=s.SilenceRequest,
+        description="Matching events are stored and routed; their deliveries are held as "
+        "silenced (kept, listed, replayable) until released.",
+    ),
+    Endpoint(
+        "GET",
+        "/silences/{silence_id}",
+        get_silence,
+        "One silence, with what it holds",
+        {200: s.SilenceOut, **_ERRORS},
+        params={"silence_id": "silence"},
+    ),
+    Endpoint(
+        "POST",
+        "/silences/{silence_id}/expire",
+        expire_silence,
+        "End a silence now; with release, send what it held",
+        {200: s.SilenceEnded, **_ERRORS},
+        body=s.ExpireRequest,
+        params={"silence_id": "silence"},
+    ),
+    Endpoint(
+        "POST",
+        "/held/{held_by}/release",
+        release_held,
+        "Send what a silence or a route's mute window (mute:<route>) holds",
+        {200: s.Released, **_ERRORS},
+        params={"held_by": "silence or mute window"},
+        description="Each held delivery becomes pending and due now, its attempts reset.",
     ),
     Endpoint(
         "GET",

@@ -127,9 +127,9 @@ ReplayAnswer = Literal["replayed", "unknown", "busy"]
 
 
 async def replay_one(store: Store, delivery_id: str, now: float) -> ReplayAnswer:
-    """Make a dead or delivered delivery pending and due now. "busy": it is pending or
+    """Make a dead, delivered or silenced delivery pending and due now. "busy": it is pending or
     sending already (it will be sent anyway)."""
-    if await store.replay(delivery_id, now, states=("dead", "delivered")):
+    if await store.replay(delivery_id, now, states=("dead", "delivered", "silenced")):
         return "replayed"
     return "unknown" if await store.get_delivery(delivery_id) is None else "busy"
 
@@ -150,8 +150,8 @@ async def replay_matching(
     and per-destination pacing as any delivery, so a burst of replays cannot flood a
     destination. ``dry_run``: count, change nothing.
     """
-    if where.state not in ("dead", "delivered"):
-        raise ValueError("only dead or delivered deliveries can be replayed")
+    if where.state not in ("dead", "delivered", "silenced"):
+        raise ValueError("only dead, delivered or silenced deliveries can be replayed")
     if dry_run:
         matched = await store.count_deliveries(where)
         shown = await store.find_deliveries(where, _SHOWN_IDS)

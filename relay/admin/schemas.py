@@ -77,12 +77,13 @@ class RejectedQuery(_Query):
 
 
 class BulkReplay(BaseModel):
-    """Which deliveries to replay. Dead ones unless ``state`` says delivered (send again)."""
+    """Which deliveries to replay. Dead ones unless ``state`` says delivered (send again) or
+    silenced (held by a silence or a mute window)."""
 
     model_config = _STRICT
 
     destination: Text | None = None
-    state: Literal["dead", "delivered"] = "dead"
+    state: Literal["dead", "delivered", "silenced"] = "dead"
     since: Text | None = Since
     until: Text | None = Until
     dry_run: bool = Field(False, description="count what would be replayed, change nothing")
@@ -275,3 +276,70 @@ class Quarantined(BaseModel):
 
 class QuarantineList(BaseModel):
     quarantined: list[Quarantined] = Field(description="newest received first")
+
+
+class SilenceQuery(_Query):
+    all: bool = Field(False, description="ended silences too")
+
+
+class SilenceRequest(BaseModel):
+    """A new silence: matchers in the rules' syntax, and how long (``duration``) or until when
+    (``ends_at``)."""
+
+    model_config = _STRICT
+
+    matchers: list[Annotated[str, StringConstraints(max_length=500)]] = Field(
+        min_length=1, max_length=20, description='matchers, all must hold: provider="goapi"'
+    )
+    duration: Text | None = Field(None, description="how long: 2h, 30m, 1d")
+    ends_at: Text | None = Field(None, description="when it ends: ISO 8601 or unix s")
+    starts_at: Text | None = Field(None, description="when it starts (default now)")
+    comment: Annotated[str, StringConstraints(max_length=500)] = ""
+    created_by: Annotated[str, StringConstraints(max_length=200)] = "admin"
+
+
+class SilenceOut(BaseModel):
+    id: str
+    matchers: list[str]
+    starts_at: str
+    ends_at: str
+    state: Literal["active", "pending", "ended"]
+    comment: str
+    created_by: str
+    created_at: str
+    held: int = Field(description="deliveries it holds as silenced now")
+
+    @classmethod
+    def of(cls, view: Any, now: float) -> SilenceOut:
+        silence = view.silence
+        return cls(
+            id=silence.id,
+            matchers=list(silence.matchers),
+            starts_at=iso(silence.starts_at) or "",
+            ends_at=iso(silence.ends_at) or "",
+            state=view.state(now),
+            comment=silence.comment,
+            created_by=silence.created_by,
+            created_at=iso(silence.created_at) or "",
+            held=view.held,
+        )
+
+
+class SilenceList(BaseModel):
+    silences: list[SilenceOut]
+
+
+class ExpireRequest(BaseModel):
+    model_config = _STRICT
+
+    release: bool = Field(False, description="send what it held, now")
+
+
+class SilenceEnded(BaseModel):
+    silence: SilenceOut
+    released: int
+
+
+class Released(BaseModel):
+    held_by: str
+    released: int

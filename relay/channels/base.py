@@ -17,6 +17,7 @@ from relay.errors import DeliveryError, PermanentDeliveryError, TransientDeliver
 from relay.events import TaskEvent
 from relay.render.names import ProviderNames
 from relay.store.base import ChannelState
+from relay.templating import MessageTemplates
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Delivery:
     event: TaskEvent
     # Who to mention (Slack mention syntax, from the rules only: the route's `mention`).
     mentions: tuple[str, ...] = ()
+    # The route's `template:` (its keys take the place of the destination's), if it has one.
+    template: MessageTemplates | None = None
 
 
 class Channel(Protocol):

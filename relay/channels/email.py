@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hashlib
 import ssl
 from email.message import EmailMessage
 from typing import Any
@@ -19,14 +20,17 @@ import aiosmtplib
 
 from relay import __version__
 from relay.channels.base import ChannelDeps, Delivery
+from relay.digest_view import DigestView
 from relay.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from relay.render.mail import mail_content
+from relay.render.digest import digest_mail
+from relay.render.mail import MailContent, mail_content
 from relay.routing.model import EmailDestination
 from relay.store.base import MailThread, RecipientOutcomes
+from relay.templating import context, destination_templates
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -41,20 +45,37 @@ class EmailChannel:
         self._timeout = config.timeout or DEFAULT_TIMEOUT
         self._tls = _tls_context(config) if config.security != "none" else None
         self._domain = (config.from_ or "relay@relay.invalid").rpartition("@")[2]
+        self._templates = destination_templates(name, config)
 
     def message_id(self, delivery: Delivery) -> str:
         """Stable per delivery: a retry is the same message, which servers and clients dedupe."""
         return f"<{delivery.id}@{self._domain}>"
 
-    def build(self, delivery: Delivery, root: str | None) -> EmailMessage:
-        """The mail; ``root`` is the Message-ID of the task's first mail, if this is not it."""
-        content = mail_content(delivery.event, self._deps.names)
+    def recipients(self, delivery: Delivery) -> list[str]:
+        """Who the mail goes to: ``to``, each templated address rendered and checked."""
+        templated = any(not isinstance(a, str) for a in self._templates.to)
+        values = context(delivery.event, self._deps.names) if templated else {}
+        return self._templates.render_to(values)
+
+    def _content(self, delivery: Delivery) -> MailContent:
+        templates = self._templates.for_delivery(delivery.template)
+        if templates.subject is None and templates.paragraph_html is None:
+            return mail_content(delivery.event, self._deps.names)
+        values = context(delivery.event, self._deps.names)
+        return mail_content(delivery.event, self._deps.names, templates.mail(values))
+
+    def build(
+        self, delivery: Delivery, root: str | None, to: list[str] | None = None
+    ) -> EmailMessage:
+        """The mail; ``root`` is the Message-ID of the task's first mail, if this is not it;
+        ``to``: the recipients (rendered), else ``recipients(delivery)``."""
+        content = self._content(delivery)
         msg = EmailMessage()
         # EmailMessage refuses CR/LF in any header value: a payload cannot add headers even
         # if rendering let one through.
         msg["Subject"] = content.subject
         msg["From"] = self._config.from_ or ""
-        msg["To"] = ", ".join(self._config.to)
+        msg["To"] = ", ".join(to if to is not None else self.recipients(delivery))
         msg["Date"] = email.utils.formatdate(self._deps.clock(), usegmt=True)
         msg["Message-ID"] = self.message_id(delivery)
         if root is not None and root != msg["Message-ID"]:
@@ -71,16 +92,58 @@ class EmailChannel:
     def render(self, delivery: Delivery) -> str:
         """The headers and the text part, decoded (the HTML part says the same)."""
         config = self._config
-        content = mail_content(delivery.event, self._deps.names)
+        content = self._content(delivery)
+        to = self.recipients(delivery)
         return (
             f"Mail via {config.host}:{config.effective_port} ({config.security})\n"
-            f"From: {config.from_}\nTo: {', '.join(config.to)}\n"
+            f"From: {config.from_}\nTo: {', '.join(to)}\n"
             f"Subject: {content.subject}\nMessage-ID: {self.message_id(delivery)}\n\n"
             f"{content.text}"
         )
 
+    # Digests: one mail, when the window closes.
+    live = False
+
+    async def send_digest(self, delivery: Delivery, view: DigestView) -> None:
+        """Mail the digest once to every recipient not yet served (per recipient, like any
+        delivery); its Message-ID is the window's, the same on every retry."""
+        to = self.recipients(delivery)
+        content = digest_mail(view)
+        msg = EmailMessage()
+        msg["Subject"] = content.subject
+        msg["From"] = self._config.from_ or ""
+        msg["To"] = ", ".join(to)
+        msg["Date"] = email.utils.formatdate(self._deps.clock(), usegmt=True)
+        window = hashlib.sha256(view.key.encode()).hexdigest()[:32]
+        msg["Message-ID"] = f"<digest-{window}@{self._domain}>"
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["User-Agent"] = f"relay/{__version__}"
+        msg.set_content(content.text)
+        msg.add_alternative(content.html, subtype="html")
+        await self._send_once(delivery, msg, to)
+
+    async def _send_once(self, delivery: Delivery, message: EmailMessage, to: list[str]) -> None:
+        """``message`` to the recipients of ``to`` this delivery has not served yet."""
+        outcome_key = RecipientOutcomes.key(delivery.id)
+        done = await self._outcomes(outcome_key)
+        accepted = list(done.accepted)
+        refused: dict[str, str] = {} if delivery.attempt == 1 else dict(done.refused)
+        waiting = [r for r in to if r not in accepted and r not in refused]
+        if waiting:
+            later = await self._mail(message, waiting, refused)
+            accepted += [r for r in waiting if r not in later and r not in refused]
+            outcomes = RecipientOutcomes(tuple(accepted), refused)
+            await self._deps.state.put_state(
+                self.name, outcome_key, outcomes.to_json(), self._now()
+            )
+            if later:
+                raise TransientDeliveryError(_summary(accepted, refused, later))
+        if refused:
+            raise PermanentDeliveryError(_summary(accepted, refused, {}))
+
     async def send(self, delivery: Delivery) -> None:
         event = delivery.event
+        to = self.recipients(delivery)
         state = self._deps.state
         thread_key = MailThread.key(event)
         outcome_key = RecipientOutcomes.key(delivery.id)
@@ -92,10 +155,10 @@ class EmailChannel:
         # Attempt 1 is a first try or a replay (`relay replay` resets the count): recipients
         # refused before get another chance then; the ones that got the mail still do not.
         refused: dict[str, str] = {} if delivery.attempt == 1 else dict(done.refused)
-        waiting = [r for r in self._config.to if r not in accepted and r not in refused]
+        waiting = [r for r in to if r not in accepted and r not in refused]
         if waiting:
             root = thread.message_id if thread else None
-            message = self.build(delivery, root)
+            message = self.build(delivery, root, to)
             later = await self._mail(message, waiting, refused)
             accepted += [r for r in waiting if r not in later and r not in refused]
             outcomes = RecipientOutcomes(tuple(accepted), refused)

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from relay.channels.base import ChannelDeps, Delivery, http_failure, parse_retry_after
+from relay.digest_view import DigestView
 from relay.errors import (
     DeliveryDeferred,
     DeliveryError,
@@ -30,9 +33,11 @@ from relay.errors import (
     TransientDeliveryError,
 )
 from relay.events import TaskEvent
+from relay.render.digest import digest_slack
 from relay.render.slack import SlackMessage, slack_message, slack_thread_reply
 from relay.routing.model import SlackDestination
 from relay.store.base import SlackMessageRef
+from relay.templating import Text, context, destination_templates
 
 # Web API errors worth another try (Slack's own words for "not now"); every other
 # ``ok: false`` answer (channel_not_found, invalid_auth, invalid_blocks, ...) is permanent.
@@ -55,9 +60,22 @@ METADATA_TYPE = "relay_task"
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{8,}")
 
 
-def message_key(event: TaskEvent) -> str:
-    """Where a task's message reference is kept (per destination)."""
-    return SlackMessageRef.key(event)
+def message_key(event: TaskEvent, channel: str | None = None) -> str:
+    """Where a task's message reference is kept (per destination; with a templated channel,
+    per rendered ``channel`` too: one message per task in each channel)."""
+    key = SlackMessageRef.key(event)
+    return key if channel is None else f"{key}@{channel}"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one delivery goes: the channel (as configured or rendered), the state row of the
+    task's message there, the pacing key and the state row of the channel's ID."""
+
+    channel: str
+    key: str
+    pace: str
+    id_key: str
 
 
 class SlackChannel:
@@ -86,21 +104,96 @@ class SlackChannel:
             self._hook = AsyncWebhookClient(url, session=deps.http, retry_handlers=[])
             # The URL is a credential: pace by its digest, never store it.
             self._pace_key = "slack-webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
+        self._templates = destination_templates(name, config)
+
+    def _values(self, delivery: Delivery) -> dict[str, Any]:
+        """What the templates see, if any template applies to ``delivery`` (else nothing)."""
+        templates = self._templates.for_delivery(delivery.template)
+        used = templates.header or templates.text or templates.sections is not None
+        if used or isinstance(self._templates.channel, Text):
+            return context(delivery.event, self._deps.names)
+        return {}
+
+    def _message(self, delivery: Delivery, values: dict[str, Any]) -> SlackMessage:
+        parts = self._templates.for_delivery(delivery.template).slack(values)
+        return slack_message(delivery.event, self._deps.names, delivery.mentions, parts)
+
+    def _target(self, delivery: Delivery, values: dict[str, Any]) -> _Target:
+        if not isinstance(self._templates.channel, Text):
+            key = message_key(delivery.event)
+            return _Target(self._config.channel or "", key, self._pace_key, "channel-id")
+        channel = self._templates.render_channel(values) or ""
+        return _Target(
+            channel,
+            message_key(delivery.event, channel),
+            f"slack:{self._config.api_url}:{channel}",
+            f"channel-id:{channel}",
+        )
 
     def render(self, delivery: Delivery) -> str:
-        message = slack_message(delivery.event, self._deps.names, delivery.mentions)
-        where = self._config.channel if self._web is not None else "incoming webhook"
+        values = self._values(delivery)
+        message = self._message(delivery, values)
+        where = (
+            self._target(delivery, values).channel if self._web is not None else "incoming webhook"
+        )
         payload = {"channel": where, "text": message.text, "blocks": message.blocks}
         return "Slack " + json.dumps(payload, indent=2, ensure_ascii=False)
 
     async def send(self, delivery: Delivery) -> None:
+        values = self._values(delivery)
+        message = self._message(delivery, values)
+        target = self._target(delivery, values) if self._web is not None else None
+
+        async def work() -> None:
+            if self._web is not None:
+                assert target is not None
+                await self._send_api(self._web, delivery.event, message, target)
+            else:
+                assert self._hook is not None
+                await self._send_webhook(self._hook, message)
+
+        await self._attempt(work, target)
+
+    @property
+    def live(self) -> bool:
+        """Digests are edited in place through the Web API; an incoming webhook cannot edit,
+        so there the digest posts once, when its window closes."""
+        return self._web is not None
+
+    async def send_digest(self, delivery: Delivery, view: DigestView) -> None:
+        """Post the window's message, or edit it: one message per window, kept like a task's
+        (crash-safe posting included), in the channel the carrier's event goes to."""
+        message = digest_slack(view)
+        target = None
+        if self._web is not None:
+            values = context(delivery.event, self._deps.names) if self._templated else {}
+            task = self._target(delivery, values)
+            key = f"digest:{view.key}" + (f"@{task.channel}" if self._templated else "")
+            target = dataclasses.replace(task, key=key)
+
+        async def work() -> None:
+            if self._web is None:
+                assert self._hook is not None
+                await self._send_webhook(self._hook, message)
+                return
+            assert target is not None
+            ref = await self._recorded(self._web, target)
+            ref = await self._show(self._web, delivery.event, ref, message, target)
+            await self._deps.state.put_state(
+                self.name, target.key, ref.to_json(), self._deps.clock()
+            )
+
+        await self._attempt(work, target)
+
+    @property
+    def _templated(self) -> bool:
+        return isinstance(self._templates.channel, Text)
+
+    async def _attempt(self, work: Callable[[], Awaitable[None]], target: _Target | None) -> None:
+        """Run one send, bounded by the timeout, its failures classified."""
         try:
             async with asyncio.timeout(self._config.timeout):
-                if self._web is not None:
-                    await self._send_api(self._web, delivery.event, delivery.mentions)
-                else:
-                    assert self._hook is not None
-                    await self._send_webhook(self._hook, delivery.event, delivery.mentions)
+                await work()
         except (DeliveryError, DeliveryDeferred):
             raise
         except TimeoutError:
@@ -108,52 +201,58 @@ class SlackChannel:
                 f"slack: no answer within {self._config.timeout:g}s"
             ) from None
         except SlackApiError as exc:
-            raise _api_failure(exc, self._config.channel or "", self._deps.clock()) from None
+            channel = target.channel if target is not None else ""
+            raise _api_failure(exc, channel, self._deps.clock()) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransientDeliveryError(f"slack: {type(exc).__name__}: {exc}") from None
         except SlackClientError as exc:
             raise PermanentDeliveryError(f"slack: {exc}") from None
 
-    async def _turn(self) -> None:
+    async def _turn(self, pace_key: str) -> None:
         """Take this channel's next send slot, or give the delivery back until it is due."""
-        wait = await self._deps.state.pace(self._pace_key, self._config.pace, self._deps.clock())
+        wait = await self._deps.state.pace(pace_key, self._config.pace, self._deps.clock())
         if wait > 0:
             raise DeliveryDeferred(wait, "paced: one message per channel at a time")
 
     async def _send_api(
-        self, web: AsyncWebClient, event: TaskEvent, mentions: tuple[str, ...] = ()
+        self, web: AsyncWebClient, event: TaskEvent, message: SlackMessage, target: _Target
     ) -> None:
         state = self._deps.state
-        key = message_key(event)
-        # A row that is not a reference reads as None: a new message is posted, which is
-        # the most a stray row can cost (no edit of a message we cannot name).
-        row = await state.get_state(self.name, key)
-        ref = SlackMessageRef.from_json(row)
-        if ref is None and row is not None and isinstance(row.get("posting_since"), int | float):
-            # An earlier attempt was posting this task's message when it stopped (its process
-            # was killed): if Slack made the post, that message is the task's.
-            ref = await self._posted(web, key, row["posting_since"])
+        key = target.key
+        ref = await self._recorded(web, target)
         if ref is not None and ref.final and not event.final:
             # A late progress event must not turn a finished message back into "running".
             return
         if ref is None or ref.event_id != event.id:
             # (An earlier attempt of this delivery that got as far as the message but not the
             # thread reply skips straight to the reply: pacing must not loop on the edit.)
-            ref = await self._show(web, event, ref, mentions)
+            ref = await self._show(web, event, ref, message, target)
             await state.put_state(self.name, key, ref.to_json(), self._deps.clock())
         if self._config.thread_replies:
-            await self._reply(web, event, ref, key)
+            await self._reply(web, event, ref, target)
+
+    async def _recorded(self, web: AsyncWebClient, target: _Target) -> SlackMessageRef | None:
+        """The message kept under ``target.key``, or None: post a new one."""
+        # A row that is not a reference reads as None: a new message is posted, which is
+        # the most a stray row can cost (no edit of a message we cannot name).
+        row = await self._deps.state.get_state(self.name, target.key)
+        ref = SlackMessageRef.from_json(row)
+        if ref is None and row is not None and isinstance(row.get("posting_since"), int | float):
+            # An earlier attempt was posting this message when it stopped (its process was
+            # killed): if Slack made the post, that message is the one.
+            ref = await self._posted(web, target, row["posting_since"])
+        return ref
 
     async def _show(
         self,
         web: AsyncWebClient,
         event: TaskEvent,
         ref: SlackMessageRef | None,
-        mentions: tuple[str, ...] = (),
+        message: SlackMessage,
+        target: _Target,
     ) -> SlackMessageRef:
         """Edit the task's message to show ``event``, or post it; the new reference."""
-        message = slack_message(event, self._deps.names, mentions)
-        await self._turn()
+        await self._turn(target.pace)
         if ref is not None:
             try:
                 await web.chat_update(
@@ -164,13 +263,13 @@ class SlackChannel:
                     raise
                 ref = None  # someone deleted it: post a new one
         if ref is None:
-            key = message_key(event)
+            key = target.key
             now = self._deps.clock()
             # Slack has no idempotency key: remember that a post is under way, and tag the
             # message, so an attempt after a crash finds it rather than posting twice.
             await self._deps.state.put_state(self.name, key, {"posting_since": now}, now)
             answer = await web.chat_postMessage(
-                channel=self._config.channel or "",
+                channel=target.channel,
                 text=message.text,
                 blocks=message.blocks,
                 unfurl_links=False,
@@ -178,7 +277,7 @@ class SlackChannel:
                 metadata=self._metadata(key),
             )
             ref = SlackMessageRef(channel=str(answer["channel"]), ts=str(answer["ts"]))
-            await self._learn_channel(ref.channel)
+            await self._learn_channel(target, ref.channel)
         return dataclasses.replace(ref, final=event.final, event_id=event.id)
 
     def _metadata(self, key: str, reply: str | None = None) -> dict[str, Any]:
@@ -187,31 +286,32 @@ class SlackChannel:
             payload["reply"] = reply
         return {"event_type": METADATA_TYPE, "event_payload": payload}
 
-    async def _channel_id(self) -> str | None:
-        """The configured channel's ID (what conversations.history takes), if known."""
-        configured = self._config.channel or ""
+    async def _channel_id(self, target: _Target) -> str | None:
+        """The target channel's ID (what conversations.history takes), if known."""
+        configured = target.channel
         if _CHANNEL_ID.fullmatch(configured):
             return configured
-        row = await self._deps.state.get_state(self.name, "channel-id")
+        row = await self._deps.state.get_state(self.name, target.id_key)
         if row is not None and row.get("for") == configured and isinstance(row.get("id"), str):
             return str(row["id"])
         return None
 
-    async def _learn_channel(self, channel_id: str) -> None:
-        if _CHANNEL_ID.fullmatch(self._config.channel or "") or (
-            await self._channel_id() == channel_id
-        ):
+    async def _learn_channel(self, target: _Target, channel_id: str) -> None:
+        if _CHANNEL_ID.fullmatch(target.channel) or (await self._channel_id(target) == channel_id):
             return
-        value = {"for": self._config.channel or "", "id": channel_id}
-        await self._deps.state.put_state(self.name, "channel-id", value, self._deps.clock())
+        value = {"for": target.channel, "id": channel_id}
+        await self._deps.state.put_state(self.name, target.id_key, value, self._deps.clock())
 
-    async def _posted(self, web: AsyncWebClient, key: str, since: float) -> SlackMessageRef | None:
+    async def _posted(
+        self, web: AsyncWebClient, target: _Target, since: float
+    ) -> SlackMessageRef | None:
         """The task's message if an earlier attempt posted it, else None (then it is posted
         anew: what can be done without the history scope)."""
-        channel = await self._channel_id()
+        channel = await self._channel_id(target)
         if channel is None:
             return None
-        ts = await self._find(web, channel, since, self._metadata(key)["event_payload"])
+        payload = self._metadata(target.key)["event_payload"]
+        ts = await self._find(web, channel, since, payload)
         return SlackMessageRef(channel=channel, ts=ts) if ts is not None else None
 
     async def _find(
@@ -256,9 +356,10 @@ class SlackChannel:
         return None
 
     async def _reply(
-        self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef, key: str
+        self, web: AsyncWebClient, event: TaskEvent, ref: SlackMessageRef, target: _Target
     ) -> None:
         """The failure's details as a reply in the message's thread, once per event."""
+        key = target.key
         reply = slack_thread_reply(event, self._deps.names)
         if reply is None or ref.replied == event.id:
             return
@@ -270,7 +371,7 @@ class SlackChannel:
             if await self._find(web, ref.channel, ref.replying_since, payload, ref.ts):
                 await state.put_state(self.name, key, replied.to_json(), self._deps.clock())
                 return
-        await self._turn()
+        await self._turn(target.pace)
         now = self._deps.clock()
         replying = dataclasses.replace(ref, replying=event.id, replying_since=now)
         await state.put_state(self.name, key, replying.to_json(), now)
@@ -285,11 +386,8 @@ class SlackChannel:
         )
         await state.put_state(self.name, key, replied.to_json(), self._deps.clock())
 
-    async def _send_webhook(
-        self, hook: AsyncWebhookClient, event: TaskEvent, mentions: tuple[str, ...] = ()
-    ) -> None:
-        message: SlackMessage = slack_message(event, self._deps.names, mentions)
-        await self._turn()
+    async def _send_webhook(self, hook: AsyncWebhookClient, message: SlackMessage) -> None:
+        await self._turn(self._pace_key)
         answer = await hook.send(text=message.text, blocks=message.blocks)
         if 200 <= answer.status_code < 300:
             return

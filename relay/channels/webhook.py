@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -11,8 +12,11 @@ import aiohttp
 
 from relay import __version__, signing
 from relay.channels.base import ChannelDeps, Delivery, http_failure, parse_retry_after
+from relay.digest_view import DigestView
 from relay.errors import PermanentDeliveryError, TransientDeliveryError
+from relay.render.digest import digest_json
 from relay.routing.model import WebhookDestination
+from relay.templating import context, destination_templates
 
 # Standard Webhooks headers are ours to set; a destination's extra headers cannot replace them.
 _RESERVED = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"})
@@ -44,9 +48,19 @@ class WebhookChannel:
         self._keys = signing.decode_secrets(config.secret) if config.secret else []
         self._extra = {k: v for k, v in config.headers.items() if k.lower() not in _RESERVED}
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._templates = destination_templates(name, config)
 
-    def _request(self, delivery: Delivery) -> tuple[bytes, dict[str, str], float]:
-        body = render_body(delivery, self._config.body, include_raw=self._config.include_raw)
+    def _request(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str], float]:
+        """The URL, body and headers of the request (templates rendered), and when it is."""
+        url = self._config.url
+        template = self._templates.for_delivery(delivery.template).body
+        templated = template is not None or self._templates.url_rest is not None
+        values = context(delivery.event, self._deps.names) if templated else {}
+        url = self._templates.render_url(url, values)
+        if template is not None:
+            body = template.render(values)
+        else:
+            body = render_body(delivery, self._config.body, include_raw=self._config.include_raw)
         now = self._deps.clock()
         headers = {
             **self._extra,
@@ -54,21 +68,40 @@ class WebhookChannel:
             "user-agent": f"relay/{__version__}",
             **signing.headers(self._keys, delivery.id, int(now), body),
         }
-        return body, headers, now
+        return url, body, headers, now
 
     def render(self, delivery: Delivery) -> str:
         """The request as it would go out now: line, headers (signed as a send would sign
         them), then the body."""
-        body, headers, _ = self._request(delivery)
-        lines = [f"POST {self._config.url}", *(f"{k}: {v}" for k, v in headers.items()), ""]
+        url, body, headers, _ = self._request(delivery)
+        lines = [f"POST {url}", *(f"{k}: {v}" for k, v in headers.items()), ""]
         shown = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         return "\n".join(lines) + "\n" + shown
 
+    # Digests: sent once, when the window closes.
+    live = False
+
+    async def send_digest(self, delivery: Delivery, view: DigestView) -> None:
+        """POST the digest (``type: relay.digest``), signed like an event; ``webhook-id`` is
+        the window's key, the same whichever delivery carries it."""
+        url, _, _, now = self._request(delivery)
+        body = json.dumps(digest_json(view), separators=(",", ":")).encode()
+        headers = {
+            **self._extra,
+            "content-type": "application/json",
+            "user-agent": f"relay/{__version__}",
+            **signing.headers(self._keys, _digest_id(view.key), int(now), body),
+        }
+        await self._post(url, body, headers, now)
+
     async def send(self, delivery: Delivery) -> None:
-        body, headers, now = self._request(delivery)
+        url, body, headers, now = self._request(delivery)
+        await self._post(url, body, headers, now)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], now: float) -> None:
         try:
             async with self._deps.http.post(
-                self._config.url,
+                url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
@@ -96,6 +129,11 @@ class WebhookChannel:
             raise TransientDeliveryError(f"connection failed: {exc}") from None
         except aiohttp.ClientError as exc:
             raise TransientDeliveryError(f"HTTP error: {exc}") from None
+
+
+def _digest_id(key: str) -> str:
+    """A webhook-id from a window's key: ``dgst_`` and a digest of it (ids are ASCII tokens)."""
+    return "dgst_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _os_reason(error: OSError) -> str:

@@ -38,6 +38,17 @@ _P = "margin:0 0 12px;"
 
 
 @dataclass(frozen=True)
+class MailParts:
+    """What a destination's or route's templates rendered (README: Rules, templates); None
+    (or blank): the built-in one. ``subject`` is made one line here; ``paragraph_text`` is
+    plain text and ``paragraph_html`` HTML whose payload values are already escaped."""
+
+    subject: str | None = None
+    paragraph_text: str | None = None
+    paragraph_html: str | None = None
+
+
+@dataclass(frozen=True)
 class MailContent:
     subject: str
     text: str
@@ -71,10 +82,15 @@ def mail_subject(summary: Summary) -> str:
         parts.append(f"{summary.title.replace(': ', ' ', 1)}: {task}")
     else:
         parts.append(f"{summary.title}: {task}")
+    return subject_line(" ".join(parts))
+
+
+def subject_line(text: str) -> str:
+    """``text`` as a subject: one line, at most 200 characters, nothing a client decodes."""
     # one_line again over the whole: every control character and line break becomes a space.
     # An RFC 2047 encoded word from the payload ("=?utf-8?b?...?=") would be decoded by mail
     # clients, into any text (line breaks, bidi overrides): a zero-width space keeps it literal.
-    line = one_line(" ".join(parts)).replace("=?", "=\u200b?")
+    line = one_line(text).replace("=?", "=\u200b?")
     return shorten(line, SUBJECT_LIMIT)
 
 
@@ -118,10 +134,12 @@ def _received_line(summary: Summary) -> str:
     )
 
 
-def mail_text(summary: Summary) -> str:
+def mail_text(summary: Summary, paragraph: str | None = None) -> str:
     lines: list[str] = [f"{summary.symbol} {summary.title}"]
     if summary.test:
         lines.append(f"*** {TEST_NOTE} ***")
+    if paragraph is not None:
+        lines += ["", paragraph.strip("\n")]
     if summary.error is not None:
         error = summary.error
         lines += ["", _error_head(summary, error.code)]
@@ -204,7 +222,8 @@ def _html_output(output: OutputView, inline_image: bool) -> str:
     return f'<div style="{_P}">{"".join(parts)}</div>'
 
 
-def mail_html(summary: Summary) -> str:
+def mail_html(summary: Summary, paragraph: str | None = None) -> str:
+    """The HTML part; ``paragraph`` (HTML, payload values escaped) goes under the title."""
     out: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -223,6 +242,9 @@ def mail_html(summary: Summary) -> str:
         f'<h1 style="margin:0 0 16px;font-size:20px;line-height:1.3;">'
         f"{summary.symbol} {_esc(summary.title)}</h1>"
     )
+    if paragraph is not None:
+        body = paragraph.strip("\n").replace("\n", "<br>\n")
+        out.append(f'<p style="{_P}">{body}</p>')
     if summary.error is not None:
         error = summary.error
         head = "Alert type" if summary.alert else "Error"
@@ -283,10 +305,25 @@ def mail_html(summary: Summary) -> str:
     return "\n".join(out) + "\n"
 
 
-def mail_content(event: TaskEvent, names: ProviderNames) -> MailContent:
+def _given(text: str | None) -> str | None:
+    return text if text is not None and text.strip() else None
+
+
+def mail_content(
+    event: TaskEvent, names: ProviderNames, parts: MailParts | None = None
+) -> MailContent:
     """Subject, plain text and HTML for ``event``: the same content in each (``names``: see
-    ``summarize``)."""
+    ``summarize``). ``parts``: what templates rendered, in place of the built-in subject, and
+    a paragraph under the title; blank ones are left out."""
     summary = summarize(event, names)
+    parts = parts or MailParts()
+    subject = mail_subject(summary)
+    custom = _given(parts.subject)
+    if custom is not None:
+        subject = subject_line(("[TEST] " if summary.test else "") + custom)
+    text = _given(parts.paragraph_text)
     return MailContent(
-        subject=mail_subject(summary), text=mail_text(summary), html=mail_html(summary)
+        subject=subject,
+        text=mail_text(summary, text),
+        html=mail_html(summary, _given(parts.paragraph_html)),
     )

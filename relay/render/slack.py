@@ -47,6 +47,17 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
 @dataclass(frozen=True)
+class SlackParts:
+    """What a destination's or route's templates rendered (README: Rules, templates), each in
+    place of the built-in one; None (or blank): the built-in one. ``header`` is plain text;
+    ``text`` and ``sections`` are mrkdwn whose payload values are already escaped."""
+
+    header: str | None = None
+    text: str | None = None
+    sections: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SlackMessage:
     """``text`` is the plain fallback Slack shows in notifications; ``blocks`` the message."""
 
@@ -142,9 +153,10 @@ def _plain(text: str, limit: int) -> dict[str, Any]:
     return {"type": "plain_text", "text": shorten(text, limit), "emoji": True}
 
 
-def _header(summary: Summary) -> dict[str, Any]:
+def _header(summary: Summary, custom: str | None = None) -> dict[str, Any]:
     prefix = "[TEST] " if summary.test else ""
-    return {"type": "header", "text": _plain(f"{prefix}{summary.emoji} {summary.title}", 150)}
+    shown = one_line(custom) if custom is not None else f"{summary.emoji} {summary.title}"
+    return {"type": "header", "text": _plain(f"{prefix}{shown}", MAX_HEADER)}
 
 
 def _test_mark() -> dict[str, Any]:
@@ -291,13 +303,16 @@ def _fallback_text(summary: Summary) -> str:
     return safe_cut(text, MAX_TEXT)
 
 
-def _blocks(summary: Summary) -> list[dict[str, Any]]:
+def _blocks(summary: Summary, parts: SlackParts) -> list[dict[str, Any]]:
+    text = _section(parts.text) if parts.text is not None else None
     head = [
-        _header(summary),
+        _header(summary, parts.header),
+        text,
         _test_mark() if summary.test else None,
         _error_block(summary),
         _prompt_block(summary),
         _facts_block(summary),
+        *(_section(s) for s in parts.sections),
     ]
     tail = [_expiry_block(summary), _source_block(summary)]
     top = [b for b in head if b is not None]
@@ -381,14 +396,32 @@ def enforce_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- public API --------------------------------------------------------------------------------
 
 
+def _given(text: str | None) -> str | None:
+    return text if text is not None and text.strip() else None
+
+
 def slack_message(
-    event: TaskEvent, names: ProviderNames, mentions: Sequence[str] = ()
+    event: TaskEvent,
+    names: ProviderNames,
+    mentions: Sequence[str] = (),
+    parts: SlackParts | None = None,
 ) -> SlackMessage:
     """The Slack message for ``event``, within Slack's limits (``names``: see ``summarize``).
     ``mentions`` (Slack mention syntax, from the rules: never payload text, which is always
-    escaped) lead the text, so they notify, and get a line of their own under the header."""
+    escaped) lead the text, so they notify, and get a line of their own under the header.
+    ``parts``: what templates rendered, shown in place of (header, text) or beside (sections)
+    the built-in content; blank ones are left out."""
     summary = summarize(event, names)
-    text, blocks = _fallback_text(summary), _blocks(summary)
+    given = parts or SlackParts()
+    parts = SlackParts(
+        header=_given(given.header),
+        text=_given(given.text),
+        sections=tuple(s for s in given.sections if s.strip()),
+    )
+    text, blocks = _fallback_text(summary), _blocks(summary, parts)
+    if parts.text is not None:
+        prefix = "[TEST] " if summary.test else ""
+        text = safe_cut(prefix + parts.text, MAX_TEXT)
     if mentions:
         line = " ".join(mentions)
         text = safe_cut(f"{line} {text}", MAX_TEXT)

@@ -27,9 +27,11 @@ from relay.routing.model import (
     SmtpSettings,
     SourceConfig,
 )
+from relay.routing.quiet import InhibitRule
 from relay.routing.yamlfile import YamlFileError, read_yaml
+from relay.templating import template_problems
 
-_SECTIONS = ("sources", "destinations", "routes", "smtp", "retention")
+_SECTIONS = ("sources", "destinations", "routes", "smtp", "retention", "inhibit")
 _SUFFIXES = (".yaml", ".yml")
 # Source names and tokens are URL path segments: /hooks/{name}/{token}.
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -74,6 +76,8 @@ def load_rules(
         merge.add_file(path, env)
     merge.check_routes()
     merge.resolve_email()
+    for file, where, message in template_problems(merge.sources, merge.destinations, merge.routes):
+        merge.problem(file, where, message)
     if merge.problems:
         raise ConfigError(merge.in_file_order())
     rules = Rules(
@@ -82,6 +86,7 @@ def load_rules(
         sources={name: cfg for name, (_, cfg) in merge.sources.items()},
         destinations={name: dest for name, (_, dest) in merge.destinations.items()},
         routes=[route for _, _, route in merge.routes],
+        inhibit=[rule for _, _, rule in merge.inhibit],
     )
     return LoadedRules(
         rules=rules,
@@ -196,6 +201,7 @@ class _Merge:
     destinations: dict[str, tuple[str, Destination]] = field(default_factory=dict)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
     routes: list[tuple[str, int, Route]] = field(default_factory=list)
+    inhibit: list[tuple[str, int, InhibitRule]] = field(default_factory=list)
     # Every route's destination names, read even from a route that is otherwise invalid, so
     # one bad key does not hide an unknown destination.
     route_targets: list[tuple[str, int, list[str]]] = field(default_factory=list)
@@ -274,6 +280,7 @@ class _Merge:
             file, "destinations", tree.get("destinations"), self.add_destination, unexpanded
         )
         self.add_routes(file, tree.get("routes"), unexpanded)
+        self.add_inhibit(file, tree.get("inhibit"), unexpanded)
 
     def add_named(
         self,
@@ -431,6 +438,19 @@ class _Merge:
                 names = [to] if isinstance(to, str) else to if isinstance(to, list) else []
                 self.route_targets.append((file, index, [n for n in names if isinstance(n, str)]))
 
+    def add_inhibit(self, file: str, items: object, unexpanded: set[KeyPath]) -> None:
+        if items is None:
+            return
+        if not isinstance(items, list):
+            self.problem(file, ("inhibit",), "must be a list of inhibit rules")
+            return
+        for index, raw in enumerate(items):
+            if ("inhibit", index) in unexpanded:
+                continue
+            rule = self.validate(file, ("inhibit", index), InhibitRule.model_validate, raw)
+            if rule is not None:
+                self.inhibit.append((file, index, rule))
+
     def check_routes(self) -> None:
         """Every destination a route names must exist in some file, and every label it
         matches on be built in or declared by a source (checked after merging)."""
@@ -444,6 +464,13 @@ class _Merge:
                         ("routes", index, "match"),
                         f"unknown label '{matcher.name}' in '{matcher}' (valid: {valid})",
                     )
+            for name in route.group.by if route.group is not None else []:
+                if name not in LABEL_NAMES and name not in declared:
+                    self.problem(
+                        file,
+                        ("routes", index, "group", "by"),
+                        f"unknown label '{name}' (valid: {valid})",
+                    )
             for name in route.mention.label_names() if route.mention is not None else []:
                 if name not in declared:
                     self.problem(
@@ -452,6 +479,15 @@ class _Merge:
                         f"label:{name}: no source declares the label '{name}' "
                         f"(declared: {', '.join(sorted(declared)) or 'none'})",
                     )
+        for file, index, rule in self.inhibit:
+            for key, matchers in (("when", rule.when), ("mute", rule.mute)):
+                for matcher in matchers:
+                    if matcher.name not in LABEL_NAMES and matcher.name not in declared:
+                        self.problem(
+                            file,
+                            ("inhibit", index, key),
+                            f"unknown label '{matcher.name}' in '{matcher}' (valid: {valid})",
+                        )
         known = sorted(name for section, name in self.origins if section == "destinations")
         listed = ", ".join(known) if known else "none defined"
         for file, index, names in self.route_targets:

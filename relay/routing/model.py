@@ -13,7 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from relay import signing
 from relay.events import LABEL_NAMES, Status
 from relay.routing.durations import Duration, Rate, parse_duration
+from relay.routing.grouping import GroupConfig
 from relay.routing.matchers import Matcher, parse_matchers
+from relay.routing.quiet import InhibitRule, MuteTime
+from relay.routing.templates_model import (
+    EmailTemplate,
+    RouteTemplate,
+    SlackTemplate,
+    WebhookTemplate,
+)
 
 
 class _Strict(BaseModel):
@@ -177,6 +185,7 @@ class WebhookDestination(_Limits):
     timeout: Duration = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
     retry: RetryConfig | None = None
+    template: WebhookTemplate | None = None
 
     @field_validator("url")
     @classmethod
@@ -218,6 +227,7 @@ class SlackDestination(_Limits):
     pace: Duration = 1.0
     timeout: Duration = 10.0
     retry: RetryConfig | None = None
+    template: SlackTemplate | None = None
 
     @field_validator("api_url")
     @classmethod
@@ -310,6 +320,7 @@ class EmailDestination(SmtpSettings, _Limits):
     type: Literal["email"]
     to: list[str] = Field(min_length=1)
     retry: RetryConfig | None = None
+    template: EmailTemplate | None = None
 
     @field_validator("to", mode="before")
     @classmethod
@@ -320,7 +331,9 @@ class EmailDestination(SmtpSettings, _Limits):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for address in value:
-            _address(address)
+            # A templated address is checked once rendered, at send time.
+            if "{{" not in address and "{%" not in address:
+                _address(address)
         if len(set(value)) != len(value):
             raise ValueError("lists an address twice")
         return value
@@ -428,6 +441,20 @@ class Route(_Strict):
     to: list[str]
     continue_: bool = Field(default=False, alias="continue")
     mention: MentionConfig | None = None
+    template: RouteTemplate | None = None
+    # Events with the same values of these labels become one digest (README: batch digests).
+    group: GroupConfig | None = None
+    # Recurring windows in which this route's deliveries are held as silenced.
+    mute_times: list[MuteTime] = Field(default_factory=list)
+
+    @field_validator("mute_times", mode="before")
+    @classmethod
+    def _one_window(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
+
+    def muted(self, now: float) -> MuteTime | None:
+        """The mute window ``now`` is in, or None."""
+        return next((window for window in self.mute_times if window.covers(now)), None)
 
     @field_validator("mention", mode="before")
     @classmethod
@@ -494,3 +521,4 @@ class Rules(_Strict):
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     destinations: dict[str, Destination] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    inhibit: list[InhibitRule] = Field(default_factory=list)

@@ -20,8 +20,16 @@ LOST_ATTEMPT = "lease expired with no outcome recorded (its process stopped?): s
 # A label's name (the rules declare them so): safe to write into a JSON path.
 LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
-DeliveryState = Literal["pending", "sending", "delivered", "dead"]
-DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "sending", "delivered", "dead")
+# silenced: held by a silence, a route's mute time or an inhibition (``held_by``): kept, not
+# sent, until replayed.
+DeliveryState = Literal["pending", "sending", "delivered", "dead", "silenced"]
+DELIVERY_STATES: tuple[DeliveryState, ...] = (
+    "pending",
+    "sending",
+    "delivered",
+    "dead",
+    "silenced",
+)
 QuarantineState = Literal["quarantined", "reprocessed"]
 
 
@@ -69,12 +77,19 @@ class Claim:
 class Outcome:
     """What one attempt came to. ``state`` pending means retry at ``next_attempt_at``."""
 
-    state: Literal["delivered", "pending", "dead"]
+    state: Literal["delivered", "pending", "dead", "silenced"]
     detail: str = ""
     next_attempt_at: float | None = None
     # Not an attempt at all (the channel waited for its turn): the attempt count is given back
     # and no attempt row is written.
     deferred: bool = False
+    # silenced: what holds it (a silence's id, ``mute:<route>``), counted per holder.
+    held_by: str | None = None
+
+    @classmethod
+    def silenced(cls, held_by: str, reason: str) -> Outcome:
+        """Held, not sent: no attempt spent, none written."""
+        return cls("silenced", reason, None, deferred=True, held_by=held_by)
 
 
 @dataclass(frozen=True)
@@ -194,7 +209,8 @@ class DeliveryFilter:
 class QueueStats:
     """The delivery queue as every replica sees it (read from the store at each scrape).
 
-    ``depth``: how many deliveries are pending, sending or dead, by (destination, state);
+    ``depth``: how many deliveries are pending, sending, dead or silenced, by (destination,
+    state);
     pairs with none are left out. ``oldest_due``: the ``next_attempt_at`` of the longest
     overdue pending delivery (due at or before ``now``), or None if none is overdue.
     """
@@ -227,6 +243,47 @@ class PruneCount:
     events: int = 0
     deliveries: int = 0
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A time-bounded silence (README: Silences): deliveries of events every matcher holds
+    for, from ``starts_at`` until ``ends_at``, are held as silenced. ``matchers`` are in the
+    rules' matcher syntax (``provider="goapi"``)."""
+
+    id: str
+    matchers: tuple[str, ...]
+    starts_at: float
+    ends_at: float
+    comment: str
+    created_by: str
+    created_at: float
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "matchers": list(self.matchers),
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "comment": self.comment,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Silence:
+        """One row of ``SILENCE_COLUMNS``; matchers as JSON text or already decoded."""
+        id_, matchers, starts, ends, comment, by, created = row
+        found = json.loads(matchers) if isinstance(matchers, str) else matchers
+        return cls(id_, tuple(found), starts, ends, comment, by, created)
+
+
+SILENCE_COLUMNS = (
+    "SELECT id, matchers, starts_at, ends_at, comment, created_by, created_at FROM silences"
+)
 
 
 # The columns ``QuarantinedCallback.from_row`` reads, in its order; both backends' queries.
@@ -513,6 +570,36 @@ class Store(ChannelState, Protocol):
     async def next_due(self) -> float | None:
         """When the earliest pending delivery or lease falls due, or None if none is waiting.
         Deliveries held back by an earlier one of their group do not count."""
+
+    async def add_silence(self, silence: Silence) -> bool:
+        """Keep a silence. False, and nothing changed, if one with its id exists (an
+        inhibition's silence is created once per alert)."""
+
+    async def list_silences(self, now: float, *, include_ended: bool = False) -> list[Silence]:
+        """Silences not ended at ``now`` (active or starting later), or every one; those
+        ending last first."""
+
+    async def get_silence(self, silence_id: str) -> Silence | None: ...
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool:
+        """End a silence now. False if it is unknown or already ended."""
+
+    async def held_counts(self) -> dict[str, int]:
+        """How many deliveries are silenced, per ``held_by``."""
+
+    async def release_held(self, held_by: str, now: float) -> int:
+        """Make every delivery silenced by ``held_by`` pending and due ``now`` (attempts
+        reset, as a replay). How many."""
+
+    async def group_pending(
+        self, destination: str, group: str, *, after: str, limit: int
+    ) -> list[tuple[str, TaskEvent]]:
+        """The pending deliveries (id, event) of ordered ``group`` to ``destination`` created
+        after delivery ``after``, oldest first, at most ``limit`` (a digest folds them)."""
+
+    async def fold(self, delivery_ids: Sequence[str], outcome: Outcome, now: float) -> int:
+        """Give pending, unleased deliveries ``outcome`` (delivered or silenced) without an
+        attempt: a digest carried them. How many changed."""
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever another process makes deliveries due (new or replayed), where

@@ -33,12 +33,13 @@ from relay.store.base import (
     QuarantinedCallback,
     QueueStats,
     RejectedRequest,
+    Silence,
 )
 
 # What replay may start again, whatever it is asked: never a delivery under way or waiting.
-REPLAYABLE: frozenset[DeliveryState] = frozenset({"dead", "delivered"})
+REPLAYABLE: frozenset[DeliveryState] = frozenset({"dead", "delivered", "silenced"})
 # The states queue_stats counts (delivered ones would grow with the whole history).
-QUEUED: tuple[DeliveryState, ...] = ("pending", "sending", "dead")
+QUEUED: tuple[DeliveryState, ...] = ("pending", "sending", "dead", "silenced")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _Delivery:
     lease_until: float | None = None
     last_error: str = ""
     updated_at: float = 0.0
+    held_by: str | None = None
 
     def due_at(self) -> float | None:
         """When this delivery may be claimed: its retry time, or when its lease runs out."""
@@ -78,6 +80,7 @@ class _Data:
     quarantine: dict[str, QuarantinedCallback] = field(default_factory=dict)
     # (insertion number, request): the number breaks ties of received_at, as a sequence would.
     rejected: list[tuple[int, RejectedRequest]] = field(default_factory=list)
+    silences: dict[str, Silence] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -208,6 +211,7 @@ class MemoryStore:
         d.lease_until = None
         d.last_error = outcome.detail
         d.updated_at = now
+        d.held_by = outcome.held_by if outcome.state == "silenced" else None
         if outcome.deferred:
             d.attempts -= 1
             return True
@@ -300,7 +304,87 @@ class MemoryStore:
         d.attempts = 0
         d.next_attempt_at = now
         d.updated_at = now
+        d.held_by = None
         return True
+
+    async def add_silence(self, silence: Silence) -> bool:
+        data = self._require("add silence")
+        if silence.id in data.silences:
+            return False
+        data.silences[silence.id] = silence
+        return True
+
+    async def list_silences(self, now: float, *, include_ended: bool = False) -> list[Silence]:
+        data = self._require("list silences")
+        found = [s for s in data.silences.values() if include_ended or s.ends_at > now]
+        return sorted(found, key=lambda s: (s.ends_at, s.id), reverse=True)
+
+    async def get_silence(self, silence_id: str) -> Silence | None:
+        return self._require("get silence").silences.get(silence_id)
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool:
+        data = self._require("expire silence")
+        silence = data.silences.get(silence_id)
+        if silence is None or silence.ends_at <= now:
+            return False
+        data.silences[silence_id] = replace(silence, ends_at=now)
+        return True
+
+    async def held_counts(self) -> dict[str, int]:
+        data = self._require("held counts")
+        return dict(
+            Counter(
+                d.held_by
+                for d in data.deliveries.values()
+                if d.state == "silenced" and d.held_by is not None
+            )
+        )
+
+    async def release_held(self, held_by: str, now: float) -> int:
+        data = self._require("release held")
+        held = [
+            d for d in data.deliveries.values() if d.state == "silenced" and d.held_by == held_by
+        ]
+        for d in held:
+            d.state, d.attempts, d.next_attempt_at, d.updated_at = "pending", 0, now, now
+            d.held_by = None
+        return len(held)
+
+    async def group_pending(
+        self, destination: str, group: str, *, after: str, limit: int
+    ) -> list[tuple[str, TaskEvent]]:
+        data = self._require("group pending")
+        head = data.deliveries.get(after)
+        start = head.seq if head is not None else -1
+        found = sorted(
+            (
+                d
+                for d in data.deliveries.values()
+                if d.group == group
+                and d.destination == destination
+                and d.state == "pending"
+                and d.seq > start
+            ),
+            key=lambda d: d.seq,
+        )[: max(limit, 0)]
+        return [(d.id, data.events[d.event_id].model_copy(deep=True)) for d in found]
+
+    async def fold(self, delivery_ids: Sequence[str], outcome: Outcome, now: float) -> int:
+        data = self._require("fold")
+        changed = 0
+        for delivery_id in delivery_ids:
+            d = data.deliveries.get(delivery_id)
+            if d is None or d.state != "pending":
+                continue
+            d.state, d.next_attempt_at, d.last_error, d.updated_at = (
+                outcome.state,
+                next_attempt_for(outcome),
+                outcome.detail,
+                now,
+            )
+            d.held_by = outcome.held_by if outcome.state == "silenced" else None
+            changed += 1
+        return changed
 
     async def find_events(
         self, where: EventFilter, limit: int = 100, before: Cursor | None = None

@@ -53,6 +53,7 @@ from relay.store.base import (
     QuarantinedCallback,
     QueueStats,
     RejectedRequest,
+    Silence,
 )
 from relay.store.batching import GroupCommit
 from relay.store.memory import REPLAYABLE, next_attempt_for
@@ -385,6 +386,41 @@ class PostgresStore:
             return False
         fn = partial(q.replay, delivery_id=delivery_id, now=now, states=allowed)
         return await self._write("replay", fn)
+
+    async def add_silence(self, silence: Silence) -> bool:
+        return await self._write("add silence", partial(q.add_silence, silence=silence))
+
+    async def list_silences(self, now: float, *, include_ended: bool = False) -> list[Silence]:
+        fn = partial(q.list_silences, now=now, include_ended=include_ended)
+        return await self._run("list silences", fn)
+
+    async def get_silence(self, silence_id: str) -> Silence | None:
+        return await self._run("get silence", partial(q.get_silence, silence_id=silence_id))
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool:
+        fn = partial(q.expire_silence, silence_id=silence_id, now=now)
+        return await self._write("expire silence", fn)
+
+    async def held_counts(self) -> dict[str, int]:
+        return await self._run("held counts", q.held_counts)
+
+    async def release_held(self, held_by: str, now: float) -> int:
+        fn = partial(q.release_held, held_by=held_by, now=now)
+        return await self._write("release held", fn)
+
+    async def group_pending(
+        self, destination: str, group: str, *, after: str, limit: int
+    ) -> list[tuple[str, TaskEvent]]:
+        if limit <= 0:
+            return []
+        fn = partial(q.group_pending, destination=destination, group=group, after=after)
+        return await self._run("group pending", partial(fn, limit=limit))
+
+    async def fold(self, delivery_ids: Sequence[str], outcome: Outcome, now: float) -> int:
+        if not delivery_ids:
+            return 0
+        fn = partial(q.fold, ids=list(delivery_ids), outcome=outcome, now=now)
+        return await self._write("fold", fn)
 
     async def list_events(self, limit: int = 100) -> list[TaskEvent]:
         """``find_events`` of every event: newest received first, ties by id."""

@@ -23,6 +23,7 @@ from relay.events import TaskEvent
 from relay.store.base import (
     LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
+    SILENCE_COLUMNS,
     AttemptRecord,
     Claim,
     Cursor,
@@ -36,6 +37,7 @@ from relay.store.base import (
     QuarantinedCallback,
     QueueStats,
     RejectedRequest,
+    Silence,
 )
 
 Conn = AsyncConnection[TupleRow]
@@ -175,6 +177,24 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         at DOUBLE PRECISION NOT NULL
     );
+    """,
+    # Silences: the 'silenced' state, and what holds each silenced delivery.
+    """
+    ALTER TABLE deliveries DROP CONSTRAINT deliveries_state_check;
+    ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check
+        CHECK (state IN ('pending', 'sending', 'delivered', 'dead', 'silenced'));
+    ALTER TABLE deliveries ADD COLUMN held_by TEXT;
+    CREATE INDEX deliveries_held ON deliveries (held_by) WHERE state = 'silenced';
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers JSONB NOT NULL,
+        starts_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION NOT NULL,
+        comment TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX silences_ends ON silences (ends_at);
     """,
 )
 
@@ -328,14 +348,16 @@ FINISH_BATCH_SQL = """
         SELECT * FROM unnest(
             %(ids)b::text[], %(tokens)b::text[], %(states)b::text[], %(retry_ats)b::float8[],
             %(details)b::text[], %(nows)b::float8[], %(deferred)b::bool[], %(attempts)b::int[],
-            %(started_ats)b::float8[]
+            %(started_ats)b::float8[], %(held_bys)b::text[]
         ) WITH ORDINALITY
-            AS i (id, token, state, retry_at, detail, now, deferred, attempt, started_at, ord)
+            AS i (id, token, state, retry_at, detail, now, deferred, attempt, started_at,
+                held_by, ord)
     ), done AS (
         UPDATE deliveries AS d
         SET state = i.state, next_attempt_at = i.retry_at, due_at = i.retry_at,
             lease_token = NULL, lease_until = NULL, last_error = i.detail, updated_at = i.now,
-            attempts = d.attempts - CASE WHEN i.deferred THEN 1 ELSE 0 END
+            attempts = d.attempts - CASE WHEN i.deferred THEN 1 ELSE 0 END,
+            held_by = i.held_by
         FROM input AS i
         WHERE d.id = i.id AND d.state = 'sending' AND d.lease_token = i.token
         RETURNING d.id, i.token
@@ -352,7 +374,7 @@ REPLAY_SQL = f"""
     WITH replayed AS (
         UPDATE deliveries
         SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
-            updated_at = %(now)s
+            updated_at = %(now)s, held_by = NULL
         WHERE id = %(id)s AND state = ANY(%(states)s::text[])
         RETURNING id
     )
@@ -377,6 +399,10 @@ EVENT_KEY_SHARE_SQL = "SELECT 1 FROM events WHERE id = %s FOR KEY SHARE"
 QUEUE_DEPTH_SQL = """
     SELECT destination, state, count(*) FROM deliveries
     WHERE state IN ('pending', 'sending', 'dead')
+    GROUP BY state, destination
+    UNION ALL
+    SELECT destination, state, count(*) FROM deliveries
+    WHERE state = 'silenced'
     GROUP BY state, destination
 """
 # The due index in due order: the first pending row at or before now is the most overdue.
@@ -662,6 +688,9 @@ async def finish_batch(conn: Conn, batch: list[FinishItem]) -> list[bool]:
             "deferred": [i.outcome.deferred for i in batch],
             "attempts": [i.claim.attempt for i in batch],
             "started_ats": [i.started_at for i in batch],
+            "held_bys": [
+                i.outcome.held_by if i.outcome.state == "silenced" else None for i in batch
+            ],
         },
     )
     kept = {(row[0], row[1]) for row in await cur.fetchall()}
@@ -796,6 +825,89 @@ async def replay(
     params = {"id": delivery_id, "now": now, "states": list(states)}
     cur = await conn.execute(REPLAY_SQL, params)
     return len(await cur.fetchall()) == 1
+
+
+async def add_silence(conn: Conn, *, silence: Silence) -> bool:
+    sql = """
+        INSERT INTO silences (id, matchers, starts_at, ends_at, comment, created_by, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+    """
+    s = silence
+    args = (s.id, Jsonb(list(s.matchers)), s.starts_at, s.ends_at, s.comment)
+    cur = await conn.execute(sql, (*args, s.created_by, s.created_at))
+    return cur.rowcount == 1
+
+
+async def list_silences(conn: Conn, *, now: float, include_ended: bool) -> list[Silence]:
+    where, args = ("", ()) if include_ended else (" WHERE ends_at > %s", (now,))
+    cur = await conn.execute(f"{SILENCE_COLUMNS}{where} ORDER BY ends_at DESC, id DESC", args)
+    return [Silence.from_row(row) for row in await cur.fetchall()]
+
+
+async def get_silence(conn: Conn, *, silence_id: str) -> Silence | None:
+    cur = await conn.execute(f"{SILENCE_COLUMNS} WHERE id = %s", (silence_id,))
+    row = await cur.fetchone()
+    return None if row is None else Silence.from_row(row)
+
+
+async def expire_silence(conn: Conn, *, silence_id: str, now: float) -> bool:
+    sql = "UPDATE silences SET ends_at = %s WHERE id = %s AND ends_at > %s"
+    cur = await conn.execute(sql, (now, silence_id, now))
+    return cur.rowcount == 1
+
+
+async def held_counts(conn: Conn) -> dict[str, int]:
+    cur = await conn.execute(
+        "SELECT held_by, count(*) FROM deliveries"
+        " WHERE state = 'silenced' AND held_by IS NOT NULL GROUP BY held_by"
+    )
+    return {cast(str, k): cast(int, n) for k, n in await cur.fetchall()}
+
+
+RELEASE_HELD_SQL = f"""
+    WITH released AS (
+        UPDATE deliveries
+        SET state = 'pending', attempts = 0, next_attempt_at = %(now)s, due_at = %(now)s,
+            updated_at = %(now)s, held_by = NULL
+        WHERE state = 'silenced' AND held_by = %(held_by)s
+        RETURNING id
+    ), woken AS (SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM released))
+    SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM woken)
+"""
+
+
+async def release_held(conn: Conn, *, held_by: str, now: float) -> int:
+    cur = await conn.execute(RELEASE_HELD_SQL, {"held_by": held_by, "now": now})
+    row = await cur.fetchone()
+    return 0 if row is None else cast(int, row[0])
+
+
+async def group_pending(
+    conn: Conn, *, destination: str, group: str, after: str, limit: int
+) -> list[tuple[str, TaskEvent]]:
+    sql = """
+        SELECT d.id, e.event_json FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+        WHERE d.grp = %(group)s AND d.destination = %(destination)s AND d.state = 'pending'
+            AND d.seq > coalesce((SELECT seq FROM deliveries WHERE id = %(after)s), -1)
+        ORDER BY d.seq
+        LIMIT %(limit)s
+    """
+    params = {"group": group, "destination": destination, "after": after, "limit": limit}
+    cur = await conn.execute(sql, params)
+    return [(i, TaskEvent.model_validate_json(j)) for i, j in await cur.fetchall()]
+
+
+async def fold(conn: Conn, *, ids: Sequence[str], outcome: Outcome, now: float) -> int:
+    sql = """
+        UPDATE deliveries
+        SET state = %(state)s, next_attempt_at = NULL, due_at = NULL, last_error = %(detail)s,
+            updated_at = %(now)s, held_by = %(held_by)s
+        WHERE state = 'pending' AND id = ANY(%(ids)s::text[])
+    """
+    held = outcome.held_by if outcome.state == "silenced" else None
+    params = {"state": outcome.state, "detail": outcome.detail, "now": now, "held_by": held}
+    cur = await conn.execute(sql, {**params, "ids": list(ids)})
+    return cur.rowcount
 
 
 async def add_deliveries(

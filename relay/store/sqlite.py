@@ -41,6 +41,7 @@ from relay.store.base import (
     QuarantinedCallback,
     QueueStats,
     RejectedRequest,
+    Silence,
 )
 from relay.store.batching import GroupCommit
 from relay.store.memory import REPLAYABLE, next_attempt_for
@@ -272,6 +273,43 @@ class SQLiteStore:
             return False
         fn = partial(q.replay, delivery_id=delivery_id, now=now, states=allowed)
         return await asyncio.shield(self._submit("replay", fn))
+
+    async def add_silence(self, silence: Silence) -> bool:
+        return await asyncio.shield(
+            self._submit("add silence", partial(q.add_silence, silence=silence))
+        )
+
+    async def list_silences(self, now: float, *, include_ended: bool = False) -> list[Silence]:
+        fn = partial(q.list_silences, now=now, include_ended=include_ended)
+        return await self._submit("list silences", fn)
+
+    async def get_silence(self, silence_id: str) -> Silence | None:
+        return await self._submit("get silence", partial(q.get_silence, silence_id=silence_id))
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool:
+        fn = partial(q.expire_silence, silence_id=silence_id, now=now)
+        return await asyncio.shield(self._submit("expire silence", fn))
+
+    async def held_counts(self) -> dict[str, int]:
+        return await self._submit("held counts", q.held_counts)
+
+    async def release_held(self, held_by: str, now: float) -> int:
+        fn = partial(q.release_held, held_by=held_by, now=now)
+        return await asyncio.shield(self._submit("release held", fn))
+
+    async def group_pending(
+        self, destination: str, group: str, *, after: str, limit: int
+    ) -> list[tuple[str, TaskEvent]]:
+        if limit <= 0:
+            return []
+        fn = partial(q.group_pending, destination=destination, group=group, after=after)
+        return await self._submit("group pending", partial(fn, limit=limit))
+
+    async def fold(self, delivery_ids: Sequence[str], outcome: Outcome, now: float) -> int:
+        if not delivery_ids:
+            return 0
+        fn = partial(q.fold, ids=list(delivery_ids), outcome=outcome, now=now)
+        return await asyncio.shield(self._submit("fold", fn))
 
     async def find_events(
         self, where: EventFilter, limit: int = 100, before: Cursor | None = None

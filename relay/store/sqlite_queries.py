@@ -18,6 +18,7 @@ from relay.events import TaskEvent
 from relay.store.base import (
     LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
+    SILENCE_COLUMNS,
     AttemptRecord,
     Claim,
     Cursor,
@@ -31,6 +32,7 @@ from relay.store.base import (
     QuarantinedCallback,
     QueueStats,
     RejectedRequest,
+    Silence,
 )
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
@@ -155,6 +157,56 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # Silences: the 'silenced' state (and what holds each one), which SQLite's CHECK cannot
+    # gain in place: the table is rebuilt (SQLite's documented way, foreign keys off while it
+    # runs; see migrate), rowids kept, as they are the groups' order.
+    """
+    CREATE TABLE deliveries_new (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        destination TEXT NOT NULL,
+        route INTEGER NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('pending', 'sending', 'delivered', 'dead', 'silenced')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_token TEXT,
+        lease_until REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        due_at REAL,
+        grp TEXT,
+        held_by TEXT
+    );
+    INSERT INTO deliveries_new (rowid, id, event_id, destination, route, state, attempts,
+        next_attempt_at, lease_token, lease_until, last_error, created_at, updated_at, due_at,
+        grp)
+    SELECT rowid, id, event_id, destination, route, state, attempts, next_attempt_at,
+        lease_token, lease_until, last_error, created_at, updated_at, due_at, grp
+    FROM deliveries ORDER BY rowid;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_new RENAME TO deliveries;
+    CREATE INDEX deliveries_due ON deliveries (due_at) WHERE state IN ('pending', 'sending');
+    CREATE INDEX deliveries_group ON deliveries (grp, destination) WHERE grp IS NOT NULL;
+    CREATE INDEX deliveries_created_id ON deliveries (created_at, id);
+    CREATE INDEX deliveries_state_created_id ON deliveries (state, created_at, id);
+    CREATE INDEX deliveries_destination_created_id ON deliveries (destination, created_at, id);
+    CREATE INDEX deliveries_event ON deliveries (event_id);
+    CREATE INDEX deliveries_queue ON deliveries (state, destination)
+        WHERE state IN ('pending', 'sending', 'dead');
+    CREATE INDEX deliveries_held ON deliveries (held_by) WHERE state = 'silenced';
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        comment TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX silences_ends ON silences (ends_at);
+    """,
 )
 
 _INSERT_EVENT = """
@@ -230,7 +282,7 @@ _LEASE = """
 _FINISH = """
     UPDATE deliveries
     SET state = ?, next_attempt_at = ?, due_at = ?, lease_token = NULL, lease_until = NULL,
-        last_error = ?, updated_at = ?
+        last_error = ?, updated_at = ?, held_by = ?
     WHERE id = ? AND state = 'sending' AND lease_token = ?
 """
 _RECORD_COLUMNS = """
@@ -265,6 +317,10 @@ def migrate(conn: sqlite3.Connection) -> None:
     Statement by statement rather than executescript(), which would commit on its own: this
     way the version check and the changes are atomic, even with several processes opening.
     """
+    # A migration that rebuilds a table needs foreign keys off (they cannot change inside a
+    # transaction); they are checked before the commit instead, and back on after.
+    (enforced,) = conn.execute("PRAGMA foreign_keys").fetchone()
+    conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
@@ -278,11 +334,16 @@ def migrate(conn: sqlite3.Connection) -> None:
             for statement in statements(script):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+        if broken is not None:
+            raise StoreUnavailableError(f"store: open: migration broke a foreign key: {broken}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.rollback()
         raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
 
 
 def ping(conn: sqlite3.Connection) -> None:
@@ -570,6 +631,7 @@ def _finish_one(conn: sqlite3.Connection, item: FinishItem) -> bool:
             item.retry_at,
             outcome.detail,
             item.now,
+            outcome.held_by if outcome.state == "silenced" else None,
             claim.delivery_id,
             claim.lease_token,
         ),
@@ -771,10 +833,86 @@ def replay(
     """``states``: those of REPLAYABLE asked for, at least one."""
     sql = f"""
         UPDATE deliveries
-        SET state = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, updated_at = ?
+        SET state = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, updated_at = ?,
+            held_by = NULL
         WHERE id = ? AND state IN ({", ".join("?" * len(states))})
     """
     return conn.execute(sql, (now, now, now, delivery_id, *states)).rowcount == 1
+
+
+def add_silence(conn: sqlite3.Connection, silence: Silence) -> bool:
+    sql = (
+        "INSERT INTO silences (id, matchers, starts_at, ends_at, comment, created_by, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    )
+    s = silence
+    args = (s.id, json.dumps(list(s.matchers)), s.starts_at, s.ends_at, s.comment)
+    return conn.execute(sql, (*args, s.created_by, s.created_at)).rowcount == 1
+
+
+def list_silences(conn: sqlite3.Connection, now: float, include_ended: bool) -> list[Silence]:
+    where, args = ("", []) if include_ended else (" WHERE ends_at > ?", [now])
+    sql = f"{SILENCE_COLUMNS}{where} ORDER BY ends_at DESC, id DESC"
+    return [Silence.from_row(row) for row in conn.execute(sql, args)]
+
+
+def get_silence(conn: sqlite3.Connection, silence_id: str) -> Silence | None:
+    row = conn.execute(f"{SILENCE_COLUMNS} WHERE id = ?", (silence_id,)).fetchone()
+    return None if row is None else Silence.from_row(row)
+
+
+def expire_silence(conn: sqlite3.Connection, silence_id: str, now: float) -> bool:
+    sql = "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?"
+    return conn.execute(sql, (now, silence_id, now)).rowcount == 1
+
+
+def held_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    sql = (
+        "SELECT held_by, count(*) FROM deliveries INDEXED BY deliveries_held"
+        " WHERE state = 'silenced' AND held_by IS NOT NULL GROUP BY held_by"
+    )
+    return {cast(str, k): cast(int, n) for k, n in conn.execute(sql)}
+
+
+def release_held(conn: sqlite3.Connection, held_by: str, now: float) -> int:
+    sql = """
+        UPDATE deliveries
+        SET state = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, updated_at = ?,
+            held_by = NULL
+        WHERE state = 'silenced' AND held_by = ?
+    """
+    return conn.execute(sql, (now, now, now, held_by)).rowcount
+
+
+def group_pending(
+    conn: sqlite3.Connection, destination: str, group: str, after: str, limit: int
+) -> list[tuple[str, TaskEvent]]:
+    sql = """
+        SELECT d.id, e.event_json FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+        WHERE d.grp = ? AND d.destination = ? AND d.state = 'pending'
+            AND d.rowid > coalesce((SELECT rowid FROM deliveries WHERE id = ?), -1)
+        ORDER BY d.rowid
+        LIMIT ?
+    """
+    rows = conn.execute(sql, (group, destination, after, limit)).fetchall()
+    return [(cast(str, i), TaskEvent.model_validate_json(cast(str, j))) for i, j in rows]
+
+
+def fold(conn: sqlite3.Connection, ids: Sequence[str], outcome: Outcome, now: float) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    held = outcome.held_by if outcome.state == "silenced" else None
+    changed = 0
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = list(ids[start : start + _LOOKUP_CHUNK])
+        sql = f"""
+            UPDATE deliveries
+            SET state = ?, next_attempt_at = NULL, due_at = NULL, last_error = ?,
+                updated_at = ?, held_by = ?
+            WHERE state = 'pending' AND id IN ({", ".join("?" * len(chunk))})
+        """
+        changed += conn.execute(sql, [outcome.state, outcome.detail, now, held, *chunk]).rowcount
+    conn.execute("COMMIT")
+    return changed
 
 
 def add_deliveries(
@@ -812,6 +950,10 @@ QUEUE_DEPTH_SQL = """
     SELECT destination, state, count(*) FROM deliveries
     WHERE state IN ('pending', 'sending', 'dead')
     GROUP BY state, destination
+    UNION ALL
+    SELECT destination, state, count(*) FROM deliveries INDEXED BY deliveries_held
+    WHERE state = 'silenced'
+    GROUP BY destination
 """
 # The due index in due order: the first pending row at or before now is the most overdue.
 OLDEST_DUE_SQL = """

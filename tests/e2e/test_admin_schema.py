@@ -124,5 +124,10 @@ def test_the_document_lists_every_operation(served: str) -> None:
         ("/admin/destinations/{destination}/test", "post"),
         ("/admin/reload", "post"),
         ("/admin/rejected", "get"),
+        ("/admin/silences", "get"),
+        ("/admin/silences", "post"),
+        ("/admin/silences/{silence_id}", "get"),
+        ("/admin/silences/{silence_id}/expire", "post"),
+        ("/admin/held/{held_by}/release", "post"),
         ("/admin/quarantine", "get"),
     }

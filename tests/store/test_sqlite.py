@@ -235,6 +235,7 @@ async def test_reopening_applies_migrations_once(db_path: str) -> None:
         "quarantine",
         "rejected",
         "schema_version",
+        "silences",
     ]
 
 

@@ -277,7 +277,8 @@ def test_every_problem_in_every_file_is_reported_at_once(tmp_path: Path) -> None
         f"{a}: destinations.billing.secret: webhook secret must start with whsec_",
         f"{a}: routes[2].match: bad regex in 'model=~\"(kling\"': "
         "missing ), unterminated subpattern at position 0",
-        f"{a}: surces: unknown key (expected sources, destinations, routes, smtp, retention)",
+        f"{a}: surces: unknown key "
+        "(expected sources, destinations, routes, smtp, retention, inhibit)",
         f"{b}: line 4, column 4: invalid YAML: "
         "expected <block end>, but found '<block mapping start>'",
         f"{c}: sources.unset.secret: environment variable UNSET_SECRET is not set "
@@ -316,7 +317,7 @@ def test_duplicate_key_in_one_file_names_the_line(tmp_path: Path) -> None:
     [
         (
             "extra: 1\n",
-            "extra: unknown key (expected sources, destinations, routes, smtp, retention)",
+            "extra: unknown key (expected sources, destinations, routes, smtp, retention, inhibit)",
         ),
         ("sources:\n  goapi: {provider: goapi, secret: s, x: 1}\n", "sources.goapi.x: unknown key"),
         (

@@ -100,13 +100,16 @@ async def test_queue_depth_and_oldest_due_age_come_from_the_store() -> None:
         ("hook", "pending"): 1,
         ("hook", "sending"): 1,
         ("hook", "dead"): 0,
+        ("hook", "silenced"): 0,
         ("slack", "pending"): 0,
         ("slack", "sending"): 0,
         ("slack", "dead"): 1,
+        ("slack", "silenced"): 0,
         # In the rules, nothing queued: shown as 0, not missing.
         ("email", "pending"): 0,
         ("email", "sending"): 0,
         ("email", "dead"): 0,
+        ("email", "silenced"): 0,
     }
     # The retry due at 1050 is the most overdue pending delivery at 1100.
     assert found[("relay_queue_oldest_due_age_seconds", ())] == 50
@@ -117,7 +120,12 @@ async def test_each_scrape_reads_the_store_again() -> None:
     await store.open()
     metrics = Metrics()
     first = queue_samples(await metrics.scrape(store, 2000.0, ["hook"]))
-    assert depth(first) == {("hook", "pending"): 0, ("hook", "sending"): 0, ("hook", "dead"): 0}
+    assert depth(first) == {
+        ("hook", "pending"): 0,
+        ("hook", "sending"): 0,
+        ("hook", "dead"): 0,
+        ("hook", "silenced"): 0,
+    }
     assert first[("relay_queue_oldest_due_age_seconds", ())] == 0
     await ingest(store, 2000.0, "hook", "gone")
     # "gone" has left the rules but still has a delivery: it is shown.
