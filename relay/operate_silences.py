@@ -112,10 +112,10 @@ def _expire(args: argparse.Namespace, settings: Settings) -> int:
         if found is None:
             print(f"relay silence expire: no silence {args.id}", file=sys.stderr)
             return 1
-        line = f"{args.id}: ended; it holds {found.held} deliveries"
+        line = f"{args.id}: ended; it holds {_deliveries(found.held)}"
         if args.release:
             released = await silences.release(store, args.id, now)
-            line = f"{args.id}: ended; released {released} held deliveries (due now)"
+            line = f"{args.id}: ended; released {_deliveries(released, 'held ')} (due now)"
         elif found.held:
             line += f" (send them with `relay silence release {args.id}`)"
         print(line)
@@ -127,10 +127,14 @@ def _expire(args: argparse.Namespace, settings: Settings) -> int:
 def _release(args: argparse.Namespace, settings: Settings) -> int:
     async def work(store: Store) -> int:
         released = await silences.release(store, args.holder, time.time())
-        print(f"{args.holder}: released {released} held deliveries (due now)")
+        print(f"{args.holder}: released {_deliveries(released, 'held ')} (due now)")
         return 0
 
     return with_store(settings, work)
+
+
+def _deliveries(n: int, what: str = "") -> str:
+    return f"{n} {what}delivery" if n == 1 else f"{n} {what}deliveries"
 
 
 Adder = Callable[[argparse.ArgumentParser], None]

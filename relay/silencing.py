@@ -70,11 +70,13 @@ class Silencer:
         if ended:
             held = await self._store.held_counts()
             for silence_id in sorted(ended):
+                count = held.get(silence_id, 0)
                 log.warning(
-                    "silence %s ended: %d deliveries held by it (send them with "
+                    "silence %s ended: %d %s held by it (send them with "
                     "`relay silence release %s`, or leave them)",
                     silence_id,
-                    held.get(silence_id, 0),
+                    count,
+                    "delivery" if count == 1 else "deliveries",
                     silence_id,
                 )
 

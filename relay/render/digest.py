@@ -199,6 +199,11 @@ def _task_json(line: TaskLine) -> dict[str, Any]:
     }
 
 
+def _iso(ts: float) -> str:
+    """As the event envelope writes times: ISO 8601, UTC, with a Z."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def digest_json(view: DigestView) -> dict[str, Any]:
     """The digest's webhook body: ``type: relay.digest``, sent once when the window closes."""
     return {
@@ -214,8 +219,8 @@ def digest_json(view: DigestView) -> dict[str, Any]:
             "more_failures": view.more_failures,
             "successes": [_task_json(s) for s in view.successes],
             "more_successes": view.more_successes,
-            "opened_at": datetime.fromtimestamp(view.opened_at, UTC).isoformat(),
-            "last_at": datetime.fromtimestamp(view.last_at, UTC).isoformat(),
+            "opened_at": _iso(view.opened_at),
+            "last_at": _iso(view.last_at),
             "p95_duration_s": view.p95_s,
             "usage": view.usage,
             "providers": view.providers,

@@ -132,7 +132,7 @@ async def test_a_silence_from_the_cli_holds_matching_deliveries_until_released(
     # Nothing of the held failure reached Slack while it was held; the release sent it.
     assert len(only_success) == 1 and "task-failed-1" not in json.dumps(only_success)
     assert ended.code == 0, ended.err
-    assert ended.out.strip() == f"{silence_id}: ended; released 1 held deliveries (due now)"
+    assert ended.out.strip() == f"{silence_id}: ended; released 1 held delivery (due now)"
     texts = [m.text for m in slack.messages("C0RENDERS")]
     assert len(texts) == 2 and any("failed" in t.lower() for t in texts)
     [silence] = json.loads(after.out)["silences"]

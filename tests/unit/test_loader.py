@@ -429,6 +429,39 @@ def test_unknown_keys_at_each_level(tmp_path: Path, text: str, expected: str) ->
             "destinations:\n  d: {type: webhook, url: 'http://x', concurrency: 0}\n",
             "destinations.d.concurrency: Input should be greater than or equal to 1",
         ),
+        (
+            "routes:\n  - {to: [], group: {by: [batch]}}\n",
+            "routes[0].group.by: unknown label 'batch' (valid: error_code",
+        ),
+        (
+            "routes:\n  - {to: [], group: {by: [model], close_after: 0}}\n",
+            "routes[0].group.close_after: Input should be greater than or equal to 1",
+        ),
+        (
+            "routes:\n  - {to: [], group: {by: [model], interval: 0s}}\n",
+            "routes[0].group: interval must be more than 0s",
+        ),
+        (
+            "routes:\n  - {to: [], mute_times: [{weekdays: [caturday]}]}\n",
+            "routes[0].mute_times[0].weekdays: bad weekday 'caturday'",
+        ),
+        (
+            "routes:\n  - {to: [], mute_times: {hours: ['22-07']}}\n",
+            "routes[0].mute_times[0].hours: bad hours '22-07': write a range like '22:00-07:00'",
+        ),
+        (
+            "routes:\n  - {to: [], mute_times: [{time_zone: Mars/Olympus}]}\n",
+            "routes[0].mute_times[0].time_zone: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            "inhibit:\n  - {when: ['provider=\"goapi-account\"'], mute: ['team=x'], for: 1h}\n",
+            "inhibit[0].mute: unknown label 'team' in 'team=\"x\"'",
+        ),
+        (
+            "inhibit:\n  - {when: ['provider=\"goapi-account\"'], mute: ['status=failed']}\n",
+            "inhibit[0].for: missing required key",
+        ),
+        ("inhibit: {when: x}\n", "inhibit: must be a list of inhibit rules"),
     ],
 )
 def test_single_problems(tmp_path: Path, text: str, expected: str) -> None:
