@@ -194,7 +194,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_destination_created_id ON deliveries (destination, created_at, id);
     CREATE INDEX deliveries_event ON deliveries (event_id);
     CREATE INDEX deliveries_queue ON deliveries (state, destination)
-        WHERE state IN ('pending', 'sending', 'dead');
+        WHERE state IN ('pending', 'sending', 'dead', 'silenced');
     CREATE INDEX deliveries_held ON deliveries (held_by) WHERE state = 'silenced';
     CREATE TABLE silences (
         id TEXT PRIMARY KEY,
@@ -528,7 +528,8 @@ def in_flight_sql(capped: int) -> str:
     marks = ", ".join("?" * capped)
     return (
         "SELECT destination, count(*) FROM deliveries "
-        "WHERE state IN ('pending', 'sending', 'dead') AND state = 'sending' AND due_at > ? "
+        "WHERE state IN ('pending', 'sending', 'dead', 'silenced') AND state = 'sending' "
+        "AND due_at > ? "
         f"AND destination IN ({marks}) GROUP BY destination"
     )
 
@@ -948,12 +949,8 @@ def release(conn: sqlite3.Connection, claim: Claim, now: float) -> bool:
 # an index-only scan, already in GROUP BY order.
 QUEUE_DEPTH_SQL = """
     SELECT destination, state, count(*) FROM deliveries
-    WHERE state IN ('pending', 'sending', 'dead')
+    WHERE state IN ('pending', 'sending', 'dead', 'silenced')
     GROUP BY state, destination
-    UNION ALL
-    SELECT destination, state, count(*) FROM deliveries INDEXED BY deliveries_held
-    WHERE state = 'silenced'
-    GROUP BY destination
 """
 # The due index in due order: the first pending row at or before now is the most overdue.
 OLDEST_DUE_SQL = """

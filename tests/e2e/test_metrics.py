@@ -131,7 +131,12 @@ async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstre
         try:
             # The third request (luma's first, or failed's retry) is held: the other one is
             # due and waits for the only send slot, so it grows overdue.
-            waiting = {("down", "pending"): 1, ("down", "sending"): 1, ("down", "dead"): 1}
+            waiting = {
+                ("down", "pending"): 1,
+                ("down", "sending"): 1,
+                ("down", "dead"): 1,
+                ("down", "silenced"): 0,
+            }
             found = await scrape_until(
                 client,
                 lambda f: (
@@ -156,7 +161,12 @@ async def test_every_outcome_is_counted(relay: RelayServer, downstream: Downstre
                 )
                 == 2
                 and queue(f)
-                == {("down", "pending"): 0, ("down", "sending"): 0, ("down", "dead"): 1}
+                == {
+                    ("down", "pending"): 0,
+                    ("down", "sending"): 0,
+                    ("down", "dead"): 1,
+                    ("down", "silenced"): 0,
+                }
             ),
             "saw both deliveries through and the queue settled",
         )

@@ -161,7 +161,8 @@ async def test_serve_counts_callbacks_the_worker_deliveries_and_both_the_same_qu
                 client,
                 web.url,
                 lambda f: (
-                    queue(f) == {"pending": FINALS, "sending": 0, "dead": 0} and overdue(f) > 0
+                    queue(f) == {"pending": FINALS, "sending": 0, "dead": 0, "silenced": 0}
+                    and overdue(f) > 0
                 ),
                 "saw every delivery pending and overdue before the worker started",
             )
@@ -169,7 +170,7 @@ async def test_serve_counts_callbacks_the_worker_deliveries_and_both_the_same_qu
             worker = await Worker(tmp_path, env, "worker").start()
             try:
                 # The downstream holds the first request: one sending, the rest waiting.
-                waiting = {"pending": FINALS - 1, "sending": 1, "dead": 0}
+                waiting = {"pending": FINALS - 1, "sending": 1, "dead": 0, "silenced": 0}
                 held = await scrape_until(
                     client,
                     worker.url,
@@ -188,12 +189,16 @@ async def test_serve_counts_callbacks_the_worker_deliveries_and_both_the_same_qu
                 lambda f: (
                     by(f, "relay_deliveries_total", "outcome")
                     == {"delivered": 4, "retried": 2, "dead": 2}
-                    and queue(f) == {"pending": 0, "sending": 0, "dead": 2}
+                    and queue(f) == {"pending": 0, "sending": 0, "dead": 2, "silenced": 0}
                 ),
                 "saw every delivery through and the queue settled",
             )
             at_serve = await scrape(client, web.url)
-            assert queue(at_serve) == queue(done) == {"pending": 0, "sending": 0, "dead": 2}
+            assert (
+                queue(at_serve)
+                == queue(done)
+                == {"pending": 0, "sending": 0, "dead": 2, "silenced": 0}
+            )
             assert overdue(at_serve) == overdue(done) == 0
             assert len(downstream.received) == FINALS + 2  # each retried one was sent twice
 
@@ -263,7 +268,7 @@ async def test_relay_metrics_port_sets_the_workers_metrics_port(tmp_path: Path) 
     try:
         async with httpx.AsyncClient(base_url=worker.url, timeout=5) as client:
             found = await scrape(client, worker.url)
-            assert queue(found) == {"pending": 0, "sending": 0, "dead": 0}
+            assert queue(found) == {"pending": 0, "sending": 0, "dead": 0, "silenced": 0}
             assert (await client.get("/healthz")).json() == {"ok": True}
             assert (await client.post("/metrics")).status_code == 405
     finally:
