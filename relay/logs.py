@@ -41,6 +41,8 @@ class LogScrubber:
         self._followed: list[Secrets] = list(followed)
         self._seen: list[tuple[str, ...]] = []
         self._values: tuple[str, ...] = ()
+        self._encoded_for: tuple[str, ...] | None = None
+        self._encoded: tuple[str, ...] = ()
 
     def follow(self, secrets: Secrets) -> Callable[[], None]:
         """Scrub ``secrets`` too, until the returned function is called."""
@@ -60,6 +62,13 @@ class LogScrubber:
 
     def __call__(self, text: str) -> str:
         return scrub(text, self.values())
+
+    def encoded(self, secrets: tuple[str, ...]) -> tuple[str, ...]:
+        """``secrets`` as they appear inside an encoded JSON string (cached per tuple)."""
+        if secrets is not self._encoded_for:
+            self._encoded = tuple(_ENCODER.encode(s)[1:-1] for s in secrets)
+            self._encoded_for = secrets
+        return self._encoded
 
 
 # Built once: json.dumps with any keyword builds a new encoder on every call. ``default``:
@@ -146,7 +155,13 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        text = _ENCODER.encode(_scrubbed(line, self.scrubber.values()))
+        secrets = self.scrubber.values()
+        text = _ENCODER.encode(line)
+        # Most lines hold no secret. A string holding one encodes to text holding the secret's
+        # own encoded form (JSON escapes character by character), so when no encoded secret is
+        # in the line, nothing needs scrubbing; otherwise every string is scrubbed, then encoded.
+        if any(encoded in text for encoded in self.scrubber.encoded(secrets)):
+            text = _ENCODER.encode(_scrubbed(line, secrets))
         if not text.isascii() or "\x7f" in text:
             text = text.translate(_JSON_CONTROLS)
         return text
