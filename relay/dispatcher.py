@@ -176,8 +176,20 @@ class Dispatcher:
                 skip = await self._skipped(routing)
                 # Before claiming: a silence made a moment ago holds what this round sends.
                 await self._silencer.refresh()
+                # No more of a destination than this process has free slots for: a backlog
+                # to one destination must not fill the claim and be given back row by row.
+                quota = {
+                    name: room
+                    for name in routing.types
+                    if (room := self._limit(routing, name) - self._busy[name]) > 0
+                }
                 claims = await self._store.claim(
-                    self._clock(), limit, self._lease_seconds, skip=skip, caps=routing.limits
+                    self._clock(),
+                    limit,
+                    self._lease_seconds,
+                    skip=skip,
+                    caps=routing.limits,
+                    quota=quota,
                 )
             except StoreUnavailableError as exc:
                 log.warning("dispatcher: %s", exc)

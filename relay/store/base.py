@@ -463,6 +463,7 @@ class Store(ChannelState, Protocol):
         *,
         skip: Collection[str] = (),
         caps: Mapping[str, int] | None = None,
+        quota: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries, oldest due first.
 
@@ -473,7 +474,9 @@ class Store(ChannelState, Protocol):
         left alone, so they take no claim from the others. ``caps``: a destination named
         there never has more than that many deliveries leased (sending, lease not expired)
         at once, counted over every process on this store; claims that would pass it are
-        not made.
+        not made. ``quota``: at most that many claims of each destination named, in this call
+        alone (the caller's own free send slots for it), so a backlog to one destination never
+        fills a claim the caller would have to give back.
         """
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:

@@ -146,6 +146,7 @@ class MemoryStore:
         *,
         skip: Collection[str] = (),
         caps: Mapping[str, int] | None = None,
+        quota: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         data = self._require("claim")
         skipped = frozenset(skip)
@@ -162,6 +163,7 @@ class MemoryStore:
         for d in data.deliveries.values():
             if d.destination in room and d.state == "sending" and (d.lease_until or 0) > now:
                 room[d.destination] -= 1
+        room = with_quota(room, quota)
         claims: list[Claim] = []
         for d in due:
             if len(claims) >= limit:
@@ -638,6 +640,13 @@ def _held_back(data: _Data, d: _Delivery) -> bool:
         and other.state in ("pending", "sending")
         for other in data.deliveries.values()
     )
+
+
+def with_quota(room: dict[str, int], quota: Mapping[str, int] | None) -> dict[str, int]:
+    """The room left per destination (after caps), no more than ``quota`` allows."""
+    for destination, most in (quota or {}).items():
+        room[destination] = min(room.get(destination, most), most)
+    return room
 
 
 def next_attempt_for(outcome: Outcome) -> float | None:

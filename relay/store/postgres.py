@@ -327,10 +327,19 @@ class PostgresStore:
         *,
         skip: Collection[str] = (),
         caps: Mapping[str, int] | None = None,
+        quota: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         if limit <= 0:  # PostgreSQL refuses a negative LIMIT
             return []
-        fn = partial(q.claim, now=now, limit=limit, lease=lease_seconds, skip=list(skip), caps=caps)
+        fn = partial(
+            q.claim,
+            now=now,
+            limit=limit,
+            lease=lease_seconds,
+            skip=list(skip),
+            caps=caps,
+            quota=quota,
+        )
         return await self._run("claim", fn)
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:

@@ -39,6 +39,7 @@ from relay.store.base import (
     RejectedRequest,
     Silence,
 )
+from relay.store.memory import with_quota
 
 Conn = AsyncConnection[TupleRow]
 
@@ -602,9 +603,10 @@ async def claim(
     lease: float,
     skip: Sequence[str] = (),
     caps: Mapping[str, int] | None = None,
+    quota: Mapping[str, int] | None = None,
 ) -> list[Claim]:
     """Lease due deliveries, none to a destination in ``skip``, none past a destination's
-    cap (counted with every replica's leases)."""
+    cap (counted with every replica's leases) or its quota (this call's)."""
     lease_until = now + lease
     params: dict[str, object] = {
         "now": now,
@@ -612,16 +614,19 @@ async def claim(
         "until": lease_until,
         "lost": LOST_ATTEMPT,
     }
-    if not caps:
+    if not caps and not quota:
         cur = await conn.execute(CLAIM_SQL, {**params, "skip": list(skip)})
         return _claims(await cur.fetchall(), lease_until)
-    room = dict(caps)
+    room = dict(caps or {})
     claims: list[Claim] = []
     async with conn.transaction():
-        await conn.execute(CLAIM_CAPS_LOCK_SQL)
-        cur = await conn.execute(IN_FLIGHT_SQL, {"now": now, "capped": list(room)})
-        for destination, leased in await cur.fetchall():
-            room[destination] -= leased
+        if caps:
+            # Shared caps are counted under one lock; a quota is this caller's alone.
+            await conn.execute(CLAIM_CAPS_LOCK_SQL)
+            cur = await conn.execute(IN_FLIGHT_SQL, {"now": now, "capped": list(room)})
+            for destination, leased in await cur.fetchall():
+                room[destination] -= leased
+        room = with_quota(room, quota)
         # As in SQLite's claim: full destinations are left out of the window; one that
         # fills up within it has its extra rows left (unlocked at commit) and the window
         # is read again, at most once per capped destination.

@@ -196,11 +196,18 @@ class SQLiteStore:
         *,
         skip: Collection[str] = (),
         caps: Mapping[str, int] | None = None,
+        quota: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         if limit <= 0:  # SQLite reads a negative LIMIT as no limit
             return []
         fn = partial(
-            q.claim, now=now, limit=limit, lease=lease_seconds, skip=tuple(skip), caps=caps
+            q.claim,
+            now=now,
+            limit=limit,
+            lease=lease_seconds,
+            skip=tuple(skip),
+            caps=caps,
+            quota=quota,
         )
         return await self._submit("claim", fn)
 

@@ -34,6 +34,7 @@ from relay.store.base import (
     RejectedRequest,
     Silence,
 )
+from relay.store.memory import with_quota
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -542,15 +543,17 @@ def claim(
     lease: float,
     skip: Sequence[str] = (),
     caps: Mapping[str, int] | None = None,
+    quota: Mapping[str, int] | None = None,
 ) -> list[Claim]:
     """Lease due deliveries, none to a destination in ``skip``, none past a destination's
-    cap (counted with every process's leases). BEGIN IMMEDIATE: another process cannot claim
-    the same rows, nor count the same free slots."""
+    cap (counted with every process's leases) or its quota (this call's). BEGIN IMMEDIATE:
+    another process cannot claim the same rows, nor count the same free slots."""
     conn.execute("BEGIN IMMEDIATE")
     room = dict(caps or {})
     if room:
         for destination, leased in conn.execute(in_flight_sql(len(room)), (now, *room)):
             room[destination] -= leased
+    room = with_quota(room, quota)
     lease_until = now + lease
     claims: list[Claim] = []
     # A delivery taken over from an expired lease: the attempt that held it left no outcome.

@@ -109,3 +109,24 @@ async def test_a_cap_is_shared_by_every_process_on_the_store(sharers: list[Store
     assert len(slow) == 3, slow
     assert len(set(first + second)) == len(first + second)  # nobody got a row twice
     assert len(fast) == 20  # the others were not held back by the cap
+
+
+async def test_a_quota_bounds_one_claim_only_and_takes_the_lower_of_cap_and_quota(
+    store: Store,
+) -> None:
+    # A quota is the caller's own free slots: it bounds this claim, not the leases held, and
+    # the window is filled from the other destinations.
+    for i in range(6):
+        await ingest_to(store, f"old{i}", ["slow"], at=T0 + i)
+    for i in range(3):
+        await ingest_to(store, f"new{i}", ["fast"], at=T0 + 10 + i)
+    claims = await store.claim(T0 + 20, 4, LEASE, quota={"slow": 1})
+    assert [c.delivery_id for c in claims] == ["old0-slow", "new0-fast", "new1-fast", "new2-fast"]
+    # Leases held do not count against a quota: another claim takes one more.
+    claims = await store.claim(T0 + 21, 10, LEASE, quota={"slow": 1})
+    assert [c.delivery_id for c in claims] == ["old1-slow"]
+    # With a cap as well, the lower bound wins: the cap (3) leaves one slot, the quota two.
+    claims = await store.claim(T0 + 22, 10, LEASE, caps={"slow": 3}, quota={"slow": 2})
+    assert [c.delivery_id for c in claims] == ["old2-slow"]
+    # A quota of 0 claims none of it.
+    assert await store.claim(T0 + 23, 10, LEASE, quota={"slow": 0}) == []
