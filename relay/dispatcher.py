@@ -178,19 +178,28 @@ class Dispatcher:
                 await self._silencer.refresh()
                 # No more of a destination than this process has free slots for: a backlog
                 # to one destination must not fill the claim and be given back row by row.
+                skipped = set(skip)
                 quota = {
                     name: room
                     for name in routing.types
-                    if (room := self._limit(routing, name) - self._busy[name]) > 0
+                    if name not in skipped
+                    and (room := self._limit(routing, name) - self._busy[name]) > 0
                 }
-                claims = await self._store.claim(
-                    self._clock(),
-                    limit,
-                    self._lease_seconds,
-                    skip=skip,
-                    caps=routing.limits,
-                    quota=quota,
-                )
+                if routing.types and not quota:
+                    # Every destination is at its limit or paused: a claim could only read
+                    # through their backlogs to find nothing. Wait for a slot instead.
+                    claims = []
+                else:
+                    # Asked for no more than the destinations can take: a claim for more
+                    # would read on through a full destination's backlog for rows of others.
+                    claims = await self._store.claim(
+                        self._clock(),
+                        min(limit, sum(quota.values())) if routing.types else limit,
+                        self._lease_seconds,
+                        skip=skip,
+                        caps=routing.limits,
+                        quota=quota,
+                    )
             except StoreUnavailableError as exc:
                 log.warning("dispatcher: %s", exc)
                 claims = []

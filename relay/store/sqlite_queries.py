@@ -11,6 +11,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
 from relay.errors import StoreUnavailableError
@@ -548,6 +549,19 @@ def claim(
     """Lease due deliveries, none to a destination in ``skip``, none past a destination's
     cap (counted with every process's leases) or its quota (this call's). BEGIN IMMEDIATE:
     another process cannot claim the same rows, nor count the same free slots."""
+    with relaxed(conn):
+        return _claim(conn, now, limit, lease, skip, caps, quota)
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    lease: float,
+    skip: Sequence[str],
+    caps: Mapping[str, int] | None,
+    quota: Mapping[str, int] | None,
+) -> list[Claim]:
     conn.execute("BEGIN IMMEDIATE")
     room = dict(caps or {})
     if room:
@@ -613,15 +627,33 @@ class FinishItem(NamedTuple):
     now: float
 
 
+@contextmanager
+def relaxed(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commits inside wait for no fsync (``synchronous = NORMAL`` where the store is FULL).
+    For the dispatcher's own writes, leases and outcomes: WAL keeps them in order with every
+    later commit, and a power cut can only undo those since the last synced one: a delivery is sent
+    again (at least once), never lost. Acknowledged callbacks keep the store's setting."""
+    (level,) = conn.execute("PRAGMA synchronous").fetchone()
+    if level < 2:  # OFF or NORMAL already
+        yield
+        return
+    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous = {level}")
+
+
 def finish_batch(conn: sqlite3.Connection, batch: list[FinishItem]) -> list[bool]:
     """Record a batch of outcomes in one transaction (one fsync for all of them).
 
     Each is fenced by its lease token on its own: one whose lease was lost changes nothing
     and answers False, the others are recorded.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    kept = [_finish_one(conn, item) for item in batch]
-    conn.execute("COMMIT")
+    with relaxed(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        kept = [_finish_one(conn, item) for item in batch]
+        conn.execute("COMMIT")
     return kept
 
 
