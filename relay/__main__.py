@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,7 +25,7 @@ from relay.errors import (
     UnreadableCallbackError,
 )
 from relay.events import STATUSES
-from relay.logs import LOG_FORMATS, setup_logging
+from relay.logs import LOG_FORMATS, choose_format, setup_logging
 from relay.operate import (
     age_argument,
     cmd_deliveries,
@@ -43,6 +44,7 @@ from relay.routing.coverage import matching_routes, shadowed
 from relay.routing.loader import LoadedRules, load_rules
 from relay.settings import Settings, SettingsError
 from relay.store.base import DELIVERY_STATES
+from relay.workers import WorkerPool, worker_command
 
 if TYPE_CHECKING:
     from relay.runtime import Runtime
@@ -81,8 +83,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.http_limits import guarded_protocol
     from relay.metrics import Metrics
 
+    pool = None
+    if settings.workers:
+        if settings.db.startswith("memory:"):
+            print("relay: --workers needs a shared database, not memory://", file=sys.stderr)
+            return 2
+        if args.dispatch is False:
+            print("relay: --workers and --no-dispatch: choose one", file=sys.stderr)
+            return 2
+        # The workers deliver: this process only receives.
+        settings = replace(settings, dispatch=False)
     if not _preflight(settings):
         return 2
+    if settings.workers:
+        pool = _worker_pool(settings)
+        pool.start()
     # Built here, not at startup: the HTTP protocol counts its refusals there too.
     metrics = Metrics()
 
@@ -112,11 +127,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the SIGTERM it shut down on, to the handler it found: with workers to
+    # stop first, that handler only notes it, and the signal is raised again after them.
+    terminated: list[int] = []
+    if pool is not None:
+        signal.signal(signal.SIGTERM, lambda sig, _: terminated.append(sig))
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn has shut down cleanly, then re-raised the Ctrl-C
         return 130
+    finally:
+        if pool is not None:
+            pool.stop()
+            if terminated:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.raise_signal(signal.SIGTERM)
     return 0 if server.started else 1
+
+
+def _worker_pool(settings: Settings) -> WorkerPool:
+    """``settings.workers`` ``relay worker`` processes, with this process's settings (the
+    command line's included); no metrics port (each worker would want the same one)."""
+    from relay.worker import PARENT_VARIABLE
+
+    resolved = {
+        "RELAY_DB": settings.db,
+        "RELAY_RULES": str(settings.rules),
+        "RELAY_LOG_LEVEL": settings.log_level,
+        "RELAY_LOG_FORMAT": choose_format(settings.log_format, sys.stderr),
+        PARENT_VARIABLE: str(os.getpid()),
+    }
+    command, env = worker_command(resolved)
+    for name in ("RELAY_METRICS_PORT", "RELAY_WORKERS", "RELAY_DISPATCH"):
+        env.pop(name, None)
+    return WorkerPool(settings.workers, command, env, settings.shutdown_grace)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -359,6 +403,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 0 to 64: {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive(text)
     if value > 65535:
@@ -419,6 +473,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="receive only; `relay worker` processes deliver (RELAY_DISPATCH=0)",
+    )
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="deliver from N worker processes beside this one, which then only receives "
+        "(RELAY_WORKERS; default 0: deliver in this process)",
     )
     s.set_defaults(func=cmd_serve)
 
@@ -581,7 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     overrides = {
         key: getattr(args, key)
-        for key in ("rules", "db", "host", "port", "dispatch", "metrics_port", "log_format")
+        for key in (
+            "rules",
+            "db",
+            "host",
+            "port",
+            "dispatch",
+            "metrics_port",
+            "log_format",
+            "workers",
+        )
         if getattr(args, key, None) is not None
     }
     settings = replace(settings, **overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -87,6 +88,23 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
 
+# Set by `relay serve --workers`: the serving process's pid. A worker whose server is gone
+# (killed, never to stop it) stops too, rather than deliver on unwatched.
+PARENT_VARIABLE = "RELAY_SERVE_PID"
+
+
+async def _parent_gone(pid: int, stop: asyncio.Event) -> None:
+    # Checked every second (an orphan is adopted by another process: its parent pid changes).
+    while os.getppid() == pid:
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+            return
+        except TimeoutError:
+            continue
+    log.warning("worker: relay serve (pid %d) is gone: stopping", pid)
+    stop.set()
+
+
 def main(settings: Settings) -> int:
     """Run a worker until SIGTERM or SIGINT."""
 
@@ -96,7 +114,13 @@ def main(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
+        parent = os.environ.get(PARENT_VARIABLE)
+        watch = asyncio.create_task(_parent_gone(int(parent), stop)) if parent else None
+        try:
+            await run_worker(settings, stop)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     try:
         asyncio.run(run())
