@@ -652,9 +652,75 @@ def finish_batch(conn: sqlite3.Connection, batch: list[FinishItem]) -> list[bool
     """
     with relaxed(conn):
         conn.execute("BEGIN IMMEDIATE")
-        kept = [_finish_one(conn, item) for item in batch]
+        try:
+            if len({i.claim.delivery_id for i in batch}) == len(batch):
+                kept = _finish_many(conn, batch)
+            else:
+                # A delivery twice (a lost lease and its new holder): fenced item by item.
+                kept = [_finish_one(conn, item) for item in batch]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         conn.execute("COMMIT")
     return kept
+
+
+# Outcomes of a batch in one statement per table (the sqlite3 module retakes the GIL around
+# every statement): each row fenced by its own lease token; RETURNING names those recorded.
+# "{}" is where the rows go.
+_FINISH_MANY = """
+    UPDATE deliveries
+    SET state = v.state, next_attempt_at = v.retry_at, due_at = v.retry_at, lease_token = NULL,
+        lease_until = NULL, last_error = v.detail, updated_at = v.now, held_by = v.held_by,
+        attempts = deliveries.attempts - v.deferred
+    FROM (SELECT column1 AS id, column2 AS token, column3 AS state, column4 AS retry_at,
+            column5 AS detail, column6 AS now, column7 AS held_by, column8 AS deferred
+          FROM (VALUES {})) AS v
+    WHERE deliveries.id = v.id AND deliveries.state = 'sending'
+        AND deliveries.lease_token = v.token
+    RETURNING deliveries.id
+"""
+_FINISH_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_ATTEMPTS_INTO = (
+    "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, state, detail) VALUES {}"
+)
+_ATTEMPT_ROW = "(?, ?, ?, ?, ?, ?)"
+
+
+def _finish_many(conn: sqlite3.Connection, batch: list[FinishItem]) -> list[bool]:
+    kept: set[str] = set()
+    for start in range(0, len(batch), _ROWS_PER_INSERT):
+        chunk = batch[start : start + _ROWS_PER_INSERT]
+        args: list[object] = []
+        for item in chunk:
+            outcome = item.outcome
+            args += (
+                item.claim.delivery_id,
+                item.claim.lease_token,
+                outcome.state,
+                item.retry_at,
+                outcome.detail,
+                item.now,
+                outcome.held_by if outcome.state == "silenced" else None,
+                1 if outcome.deferred else 0,
+            )
+        sql = _FINISH_MANY.format(", ".join([_FINISH_ROW] * len(chunk)))
+        kept.update(row[0] for row in conn.execute(sql, args).fetchall())
+    # Each delivery is in the batch once (see finish_batch), so its id names its item.
+    attempts: list[tuple[object, ...]] = [
+        (
+            i.claim.delivery_id,
+            i.claim.attempt,
+            i.started_at,
+            i.now,
+            i.outcome.state,
+            i.outcome.detail,
+        )
+        for i in batch
+        if i.claim.delivery_id in kept and not i.outcome.deferred
+    ]
+    _insert_rows(conn, _ATTEMPTS_INTO, _ATTEMPT_ROW, attempts)
+    return [i.claim.delivery_id in kept for i in batch]
 
 
 def _finish_one(conn: sqlite3.Connection, item: FinishItem) -> bool:
