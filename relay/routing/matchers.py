@@ -109,6 +109,20 @@ def _coerce(value: object) -> Matcher:
     raise ValueError("a matcher must be a string like 'status=\"failed\"'")
 
 
+def matcher_items(value: object) -> object:
+    """A rules value of matchers (one string, or a list of strings and matchers) as the list
+    of matchers it holds, each string split by ``parse_matchers``; anything else as it is,
+    for the model to refuse. A pydantic ``mode="before"`` validator."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        out: list[object] = []
+        for item in value:
+            out.extend(parse_matchers(item) if isinstance(item, str) else [item])
+        return out
+    return value
+
+
 def parse_matchers(text: str) -> list[Matcher]:
     """Parse one matcher or a comma-separated list, optionally wrapped in ``{...}``.
 

@@ -14,7 +14,7 @@ from relay import signing
 from relay.events import LABEL_NAMES, Status
 from relay.routing.durations import Duration, Rate, parse_duration
 from relay.routing.grouping import GroupConfig
-from relay.routing.matchers import Matcher, parse_matchers
+from relay.routing.matchers import Matcher, matcher_items
 from relay.routing.quiet import InhibitRule, MuteTime
 from relay.routing.templates_model import (
     EmailTemplate,
@@ -464,20 +464,7 @@ class Route(_Strict):
             return {"who": value}
         return value
 
-    @field_validator("match", mode="before")
-    @classmethod
-    def _parse_match(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list):
-            out: list[object] = []
-            for item in value:
-                if isinstance(item, str):
-                    out.extend(parse_matchers(item))
-                else:
-                    out.append(item)
-            return out
-        return value
+    _parse_match = field_validator("match", mode="before")(matcher_items)
 
     @field_validator("to", mode="before")
     @classmethod

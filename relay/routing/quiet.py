@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay.routing.durations import Duration
-from relay.routing.matchers import Matcher, parse_matchers
+from relay.routing.matchers import Matcher, matcher_items
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _HOURS = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
@@ -26,17 +26,6 @@ def _day(name: str) -> int:
         if text in (day, day[:3]):
             return number
     raise ValueError(f"bad weekday {name!r}: write monday..sunday or mon..sun")
-
-
-def _parse_matchers(value: object) -> object:
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, list):
-        out: list[object] = []
-        for item in value:
-            out.extend(parse_matchers(item) if isinstance(item, str) else [item])
-        return out
-    return value
 
 
 class MuteTime(BaseModel):
@@ -140,8 +129,8 @@ class InhibitRule(BaseModel):
     mute: list[Matcher] = Field(min_length=1)
     for_: Duration = Field(alias="for")
 
-    _when = field_validator("when", mode="before")(_parse_matchers)
-    _mute = field_validator("mute", mode="before")(_parse_matchers)
+    _when = field_validator("when", mode="before")(matcher_items)
+    _mute = field_validator("mute", mode="before")(matcher_items)
 
     @field_validator("for_")
     @classmethod
