@@ -208,7 +208,7 @@ def _task_line(task: dict[str, Any]) -> TaskLine:
 
 
 def _carrier(claim: Claim) -> Delivery:
-    return Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event)
+    return Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event_data)
 
 
 class DigestKeeper:

@@ -25,7 +25,7 @@ from relay.errors import (
     StoreUnavailableError,
     TransientDeliveryError,
 )
-from relay.events import TaskEvent
+from relay.events import TaskEvent, field_of
 from relay.metrics import Metrics
 from relay.retry import RetryPolicy
 from relay.routing.grouping import GroupConfig
@@ -347,9 +347,11 @@ class Dispatcher:
                 raise PermanentDeliveryError(
                     f"destination '{claim.destination}' is no longer in the rules"
                 )
-            hold = self._silencer.hold(claim.event, claim.route, routing.mutes)
-            if hold is not None:
-                raise _Held(hold.held_by, hold.reason)
+            # Only a silence or a mute window in force reads the event (parsing it).
+            if self._silencer.may_hold(claim.route, routing.mutes):
+                hold = self._silencer.hold(claim.event, claim.route, routing.mutes)
+                if hold is not None:
+                    raise _Held(hold.held_by, hold.reason)
             interval = routing.rates.get(claim.destination)
             if interval is not None:
                 # The destination's rate: one slot per interval, shared through the store.
@@ -369,13 +371,16 @@ class Dispatcher:
                     carrier = cast(DigestChannel, channel)
                     await self._digests(routing).carry(claim, group, grouping, carrier)
                 else:
-                    mentions = routing.mentions_for(claim.route, claim.event)
+                    mention = routing.mentions.get(claim.route)
+                    mentions = (
+                        () if mention is None else routing.mentions_for(claim.route, claim.event)
+                    )
                     await channel.send(
                         Delivery(
                             claim.delivery_id,
                             claim.destination,
                             claim.attempt,
-                            claim.event,
+                            claim.event_data,
                             mentions,
                             template=routing.templates.get(claim.route),
                         )
@@ -483,12 +488,13 @@ def _fields(
     claim: Claim, outcome: Outcome, started: float, now: float, name: str
 ) -> dict[str, object]:
     """The structured fields of a delivery's log line (README: Logs)."""
-    event = claim.event
+    # Read off the stored JSON: a log line does not parse the event.
+    event = claim.event_data
     fields: dict[str, object] = {
-        "event_id": event.id,
+        "event_id": field_of(event, "id"),
         "delivery_id": claim.delivery_id,
-        "source": event.source,
-        "task_id": event.task_id,
+        "source": field_of(event, "source"),
+        "task_id": field_of(event, "task_id"),
         "destination": claim.destination,
         "attempt": claim.attempt,
         "outcome": name,

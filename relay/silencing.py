@@ -80,6 +80,11 @@ class Silencer:
                     silence_id,
                 )
 
+    def may_hold(self, route: int, mutes: Mapping[int, Sequence[MuteTime]]) -> bool:
+        """Whether anything could hold a delivery through ``route``: a silence in force
+        (as of the last refresh) or a mute window of the route. False: ``hold`` is None."""
+        return bool(self._active) or bool(mutes.get(route))
+
     def hold(
         self, event: TaskEvent, route: int, mutes: Mapping[int, Sequence[MuteTime]]
     ) -> Hold | None:

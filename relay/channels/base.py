@@ -14,7 +14,7 @@ from typing import Protocol
 import aiohttp
 
 from relay.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from relay.events import TaskEvent
+from relay.events import StoredEvent, TaskEvent, event_of
 from relay.render.names import ProviderNames
 from relay.store.base import ChannelState
 from relay.templating import MessageTemplates
@@ -27,11 +27,21 @@ class Delivery:
     id: str
     destination: str
     attempt: int
-    event: TaskEvent
+    # The event, or the store's JSON of it (parsed if something reads ``event``).
+    event_data: TaskEvent | StoredEvent
     # Who to mention (Slack mention syntax, from the rules only: the route's `mention`).
     mentions: tuple[str, ...] = ()
     # The route's `template:` (its keys take the place of the destination's), if it has one.
     template: MessageTemplates | None = None
+
+    @property
+    def event(self) -> TaskEvent:
+        return event_of(self.event_data)
+
+    @property
+    def stored_event(self) -> StoredEvent | None:
+        """The event as the store keeps it (its JSON), if it came from the store."""
+        return self.event_data if isinstance(self.event_data, StoredEvent) else None
 
 
 class Channel(Protocol):

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import socket
-from datetime import UTC
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -26,15 +26,29 @@ def render_body(delivery: Delivery, mode: str, *, include_raw: bool = True) -> b
     """The request body: the Standard Webhooks envelope of the event (with or without the
     provider's body in ``data.raw``), or the provider's original body (already redacted when
     it was received)."""
+    stored = delivery.stored_event
+    if mode == "envelope" and include_raw and stored is not None:
+        # The event's JSON as the store keeps it (pydantic's, written once at ingest) is the
+        # envelope's `data` as it is: no parse, no dump.
+        stamp = _stamp(datetime.fromisoformat(stored.field("received_at")))
+        return _head(stored.field("status"), stamp) + stored.json.encode() + b"}"
     event = delivery.event
     if mode == "original":
         return json.dumps(event.raw, separators=(",", ":")).encode()
     # Assembled around pydantic's own JSON of the event: a quarter of the cost of dumping it to
     # Python values and encoding those again (the send path's largest share, measured).
     data = event.model_dump_json(exclude=None if include_raw else {"raw"}).encode()
-    stamp = event.received_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    head = json.dumps({"type": f"task.{event.status}", "timestamp": stamp}, separators=(",", ":"))
-    return head[:-1].encode() + b',"data":' + data + b"}"
+    return _head(event.status, _stamp(event.received_at)) + data + b"}"
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _head(status: str, stamp: str) -> bytes:
+    """The envelope up to its `data` value."""
+    head = json.dumps({"type": f"task.{status}", "timestamp": stamp}, separators=(",", ":"))
+    return head[:-1].encode() + b',"data":'
 
 
 class WebhookChannel:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
-from relay.events import TaskEvent
+from relay.events import StoredEvent, TaskEvent, event_of
 
 # The detail of the attempt row written for an attempt whose lease expired before it recorded
 # an outcome (its process stopped, or it outlived the lease), when the delivery is taken over.
@@ -65,12 +65,18 @@ class Claim:
     """
 
     delivery_id: str
-    event: TaskEvent
+    # The stores give a StoredEvent, parsed only if something reads ``event``: pass
+    # ``event_data`` on instead.
+    event_data: TaskEvent | StoredEvent
     destination: str
     route: int
     attempt: int
     lease_token: str
     lease_until: float
+
+    @property
+    def event(self) -> TaskEvent:
+        return event_of(self.event_data)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class MemoryStore:
             claims.append(
                 Claim(
                     delivery_id=d.id,
-                    event=data.events[d.event_id].model_copy(deep=True),
+                    event_data=data.events[d.event_id].model_copy(deep=True),
                     destination=d.destination,
                     route=d.route,
                     attempt=d.attempts,

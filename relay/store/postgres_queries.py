@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from relay.errors import StoreUnavailableError
-from relay.events import TaskEvent
+from relay.events import StoredEvent, TaskEvent
 from relay.store.base import (
     LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
@@ -658,7 +658,7 @@ def _claims(rows: Sequence[TupleRow], lease_until: float) -> list[Claim]:
     return [
         Claim(
             delivery_id=delivery_id,
-            event=TaskEvent.model_validate_json(event_json),
+            event_data=StoredEvent(event_json),
             destination=destination,
             route=route,
             attempt=attempt,

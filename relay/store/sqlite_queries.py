@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
 from relay.errors import StoreUnavailableError
-from relay.events import TaskEvent
+from relay.events import StoredEvent, TaskEvent
 from relay.store.base import (
     LOST_ATTEMPT,
     QUARANTINE_COLUMNS,
@@ -591,7 +591,7 @@ def _claim(
             batch.append(
                 Claim(
                     delivery_id=delivery_id,
-                    event=TaskEvent.model_validate_json(event_json),
+                    event_data=StoredEvent(event_json),
                     destination=destination,
                     route=route,
                     attempt=attempts_so_far + 1,

@@ -165,7 +165,7 @@ def assert_mail_on_the_wire(event: TaskEvent, root: str | None) -> None:
     assert not _FORBIDDEN.search(content.subject), repr(content.subject)
     # A payload's "=?utf-8?...?=" would be decoded by every mail client: shown as it came.
     assert "=?" not in content.subject, content.subject
-    delivery = Delivery(id="dlv_fuzz01", destination="mail", attempt=1, event=event)
+    delivery = Delivery(id="dlv_fuzz01", destination="mail", attempt=1, event_data=event)
     message = _CHANNEL.build(delivery, root)
     for utf8 in (False, True):
         raw = _wire(message, utf8=utf8)

@@ -383,7 +383,7 @@ async def test_concurrent_outcomes_share_one_statement_and_keep_their_own_fence(
     claims = await store.claim(now=T0, limit=100, lease_seconds=30)
     stale = Claim(
         delivery_id=claims[0].delivery_id,
-        event=claims[0].event,
+        event_data=claims[0].event_data,
         destination=claims[0].destination,
         route=claims[0].route,
         attempt=claims[0].attempt,
