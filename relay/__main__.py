@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -82,24 +83,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.app import create_app
     from relay.http_limits import guarded_protocol
     from relay.metrics import Metrics
+    from relay.metrics_peers import PeerMetrics
 
-    pool = None
-    if settings.workers:
-        if settings.db.startswith("memory:"):
-            print("relay: --workers needs a shared database, not memory://", file=sys.stderr)
-            return 2
-        if args.dispatch is False:
-            print("relay: --workers and --no-dispatch: choose one", file=sys.stderr)
-            return 2
+    workers = _worker_count(settings)
+    if isinstance(workers, str):
+        print(f"relay: {workers}", file=sys.stderr)
+        return 2
+    if workers:
         # The workers deliver: this process only receives.
         settings = replace(settings, dispatch=False)
     if not _preflight(settings):
         return 2
-    if settings.workers:
-        pool = _worker_pool(settings)
+    sockets: tempfile.TemporaryDirectory[str] | None = None
+    pool = peers = None
+    if workers:
+        # Each worker's counters, read by this process's /metrics, on a socket of its own in
+        # a folder only this user can enter.
+        sockets = tempfile.TemporaryDirectory(prefix="relay-serve-")
+        paths = [os.path.join(sockets.name, f"worker-{slot + 1}.sock") for slot in range(workers)]
+        peers = PeerMetrics(paths)
+        pool = _worker_pool(settings, workers, paths)
         pool.start()
     # Built here, not at startup: the HTTP protocol counts its refusals there too.
-    metrics = Metrics()
+    metrics = Metrics(peers)
 
     def refused(status: int) -> None:
         metrics.http_refused.labels(status=str(status)).inc()
@@ -139,15 +145,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if pool is not None:
             pool.stop()
-            if terminated:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.raise_signal(signal.SIGTERM)
+        if sockets is not None:
+            sockets.cleanup()
+        if pool is not None and terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
     return 0 if server.started else 1
 
 
-def _worker_pool(settings: Settings) -> WorkerPool:
-    """``settings.workers`` ``relay worker`` processes, with this process's settings (the
-    command line's included); no metrics port (each worker would want the same one)."""
+def _worker_count(settings: Settings) -> int | str:
+    """How many worker processes ``relay serve`` starts, or why the settings cannot be served.
+    By default one, on a database the processes can share and when this one would dispatch;
+    none on memory:// or with dispatching turned off (``--no-dispatch``, RELAY_DISPATCH=0)."""
+    memory = settings.db.startswith("memory:")
+    if settings.workers is None:
+        return 0 if memory or not settings.dispatch else 1
+    if settings.workers and memory:
+        return "--workers needs a shared database, not memory:// (--workers 0: one process)"
+    if settings.workers and not settings.dispatch:
+        return "--workers and --no-dispatch: choose one"
+    return settings.workers
+
+
+def _worker_pool(settings: Settings, count: int, sockets: list[str]) -> WorkerPool:
+    """``count`` ``relay worker`` processes, with this process's settings (the command line's
+    included); no metrics port (each worker would want the same one): each serves its counters
+    on its socket of ``sockets`` instead."""
+    from relay.metrics_peers import SOCKET_VARIABLE
     from relay.worker import PARENT_VARIABLE
 
     resolved = {
@@ -160,7 +184,13 @@ def _worker_pool(settings: Settings) -> WorkerPool:
     command, env = worker_command(resolved)
     for name in ("RELAY_METRICS_PORT", "RELAY_WORKERS", "RELAY_DISPATCH"):
         env.pop(name, None)
-    return WorkerPool(settings.workers, command, env, settings.shutdown_grace)
+    return WorkerPool(
+        count,
+        command,
+        env,
+        settings.shutdown_grace,
+        slot_env=lambda slot: {SOCKET_VARIABLE: sockets[slot]},
+    )
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -479,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
         type=_workers,
         metavar="N",
         help="deliver from N worker processes beside this one, which then only receives "
-        "(RELAY_WORKERS; default 0: deliver in this process)",
+        "(RELAY_WORKERS; default 1; 0: deliver in this process)",
     )
     s.set_defaults(func=cmd_serve)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from relay import __version__
 from relay.errors import StoreUnavailableError
+from relay.metrics_peers import Families, PeerMetrics, merge
 from relay.store.base import QueueStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -207,7 +208,10 @@ async def read_queue(
 class Metrics:
     """Every metric of one process, in a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: PeerMetrics | None = None) -> None:
+        # ``peers``: the worker processes whose counters this process's scrape adds to its own
+        # (``relay serve`` with its workers).
+        self._peers = peers
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.callbacks = Counter(
@@ -329,15 +333,26 @@ class Metrics:
     def breaker_paused(self, destination: str, paused: bool) -> None:
         self.breaker_open.labels(destination=destination).set(1 if paused else 0)
 
-    def render(self, queue: QueueReading | None = None) -> bytes:
-        """Every metric in the text format; the queue figures from ``queue`` if given."""
+    def render(self, queue: QueueReading | None = None, peers: Sequence[str] = ()) -> bytes:
+        """Every metric in the text format; the queue figures from ``queue`` if given, and the
+        counters of ``peers`` (their own renderings) added in."""
         # Synchronous from here on: no other scrape can swap the reading mid-render.
         self._queue.reading = queue
         try:
-            return generate_latest(self.registry)
+            if not peers:
+                return generate_latest(self.registry)
+            merged = CollectorRegistry(auto_describe=False)
+            merged.register(Families(merge(self.registry.collect(), peers)))
+            return generate_latest(merged)
         finally:
             self._queue.reading = None
 
     async def scrape(self, store: QueueSource, now: float, destinations: Iterable[str]) -> bytes:
-        """One ``GET /metrics`` (serve's and the worker's): read the queue, then render."""
-        return self.render(await read_queue(store, now, destinations))
+        """One ``GET /metrics`` (serve's and the worker's): read the queue (and the workers'
+        counters, if any), then render."""
+        if self._peers is None:
+            return self.render(await read_queue(store, now, destinations))
+        queue, peers = await asyncio.gather(
+            read_queue(store, now, destinations), self._peers.read()
+        )
+        return self.render(queue, peers)

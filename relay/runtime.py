@@ -120,6 +120,7 @@ async def build_runtime(
     dry_run: bool = False,
     notes: bool = True,
     metrics: Metrics | None = None,
+    prune: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Open the store and the HTTP clients, load the rules, build the channels, the receiver
     and (with ``dispatch``, by default ``settings.dispatch``) the dispatcher; close everything
@@ -128,7 +129,8 @@ async def build_runtime(
 
     ``dry_run``: nothing is stored or sent: the store is an empty in-memory one and there is
     no dispatcher. ``notes=False``: the rules' notes (defaults in use) are not logged (a
-    check before the real start, which logs them). Dependencies not given are built from
+    check before the real start, which logs them). ``prune=False``: no retention loop (a worker of
+    ``relay serve``, whose server prunes). Dependencies not given are built from
     ``settings`` and ``env`` (the process environment by default).
     """
     if dry_run:
@@ -200,6 +202,7 @@ async def build_runtime(
         if not dry_run:
             services.append(Service("rejected-log", rejected.run))
             services.append(Service("rules-watcher", RulesWatcher(rulebook).run))
+        if not dry_run and prune:
             pruner = Pruner(
                 the_store,
                 lambda: delivered_retention(settings, rulebook.rules),

@@ -54,8 +54,9 @@ class Settings:
     # `relay worker` serves /metrics on this port when set.
     metrics_port: int | None = None
     # `relay serve`: delivery worker processes to start beside the receiver (0: deliver in the
-    # serving process itself).
-    workers: int = 0
+    # serving process itself; None: one, or none where there is nothing to share: a memory://
+    # store, or dispatching turned off).
+    workers: int | None = None
     # Addresses or networks of the proxies whose X-Forwarded-For (and -Proto) are believed;
     # empty: none, the client address is the connection's.
     trusted_proxies: tuple[str, ...] = ()
@@ -125,7 +126,7 @@ class _Environment(BaseModel):
     retention: float | None = Field(None, alias="RELAY_RETENTION")
     rejected_keep: int = Field(_DEFAULTS.rejected_keep, alias="RELAY_REJECTED_KEEP", ge=0)
     metrics_port: int | None = Field(None, alias="RELAY_METRICS_PORT", ge=1, le=65535)
-    workers: int = Field(_DEFAULTS.workers, alias="RELAY_WORKERS", ge=0, le=64)
+    workers: int | None = Field(None, alias="RELAY_WORKERS", ge=0, le=64)
     trusted_proxies: tuple[str, ...] = Field((), alias="RELAY_TRUSTED_PROXIES")
 
     @field_validator("trusted_proxies", mode="before")

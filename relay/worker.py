@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from relay.channels import ChannelFactory
+from relay.metrics_peers import SOCKET_VARIABLE
 from relay.metrics_server import MetricsPortError, MetricsServer
 from relay.providers.base import Provider
 from relay.runtime import build_runtime, running_services
@@ -36,8 +37,12 @@ async def run_worker(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     env: Mapping[str, str] | None = None,
+    metrics_socket: str | None = None,
+    prune: bool = True,
 ) -> None:
-    """Dispatch until ``stop`` is set; in-flight sends finish and are recorded first."""
+    """Dispatch until ``stop`` is set; in-flight sends finish and are recorded first.
+    ``metrics_socket``: also serve this process's counters there (for ``relay serve``);
+    ``prune=False``: leave retention to another process (the worker's ``relay serve``)."""
     async with build_runtime(
         settings,
         store=store,
@@ -46,12 +51,16 @@ async def run_worker(
         providers=providers,
         channel_types=channel_types,
         dispatch=True,
+        prune=prune,
     ) as runtime:
         dispatcher, rulebook = runtime.dispatcher, runtime.rulebook
         assert dispatcher is not None  # dispatch=True
         if settings.metrics_port is not None:
             # Bound before dispatching starts: a port in use stops the worker at once.
             server = await MetricsServer.open(runtime, settings.host, settings.metrics_port)
+            runtime = replace(runtime, services=(*runtime.services, server.service))
+        if metrics_socket is not None:
+            server = await MetricsServer.open_unix(runtime, metrics_socket)
             runtime = replace(runtime, services=(*runtime.services, server.service))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -117,7 +126,13 @@ def main(settings: Settings) -> int:
         parent = os.environ.get(PARENT_VARIABLE)
         watch = asyncio.create_task(_parent_gone(int(parent), stop)) if parent else None
         try:
-            await run_worker(settings, stop)
+            # A worker of `relay serve` leaves retention to its server: one pruner per relay.
+            await run_worker(
+                settings,
+                stop,
+                metrics_socket=os.environ.get(SOCKET_VARIABLE) or None,
+                prune=not parent,
+            )
         finally:
             if watch is not None:
                 watch.cancel()

@@ -1,7 +1,7 @@
-"""``relay serve --workers N``: delivery worker processes beside the receiver (README: Storage
-and deployment, worker processes).
+"""``relay serve``'s delivery worker processes beside the receiver (one by default, or as many
+as ``--workers N`` says; README: Storage and deployment, worker processes).
 
-The serving process then only receives; N ``relay worker`` processes on the same database
+The serving process then only receives; the ``relay worker`` processes on the same database
 deliver, each on its own event loop (and core), so sending never competes with answering
 providers, and a destination that is down costs the receiver nothing. A worker that exits
 unasked is started again (after a second, doubling up to a minute while it keeps failing);
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("relay.workers")
 
@@ -32,11 +32,18 @@ class WorkerPool:
     """Starts and watches ``count`` worker processes running ``command`` with ``env``."""
 
     def __init__(
-        self, count: int, command: list[str], env: Mapping[str, str], grace: float
+        self,
+        count: int,
+        command: list[str],
+        env: Mapping[str, str],
+        grace: float,
+        slot_env: Callable[[int], Mapping[str, str]] | None = None,
     ) -> None:
+        """``slot_env``: variables of one worker's own (by its slot, from 0), on top of ``env``."""
         self._count = count
         self._command = command
         self._env = dict(env)
+        self._slot_env = slot_env
         self._grace = grace
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self._stopping = threading.Event()
@@ -56,7 +63,8 @@ class WorkerPool:
 
     def _spawn(self, slot: int) -> None:
         # Workers' output goes where ours does (stderr): one log, one format.
-        proc = subprocess.Popen(self._command, env=self._env, stdin=subprocess.DEVNULL)
+        env = self._env if self._slot_env is None else {**self._env, **self._slot_env(slot)}
+        proc = subprocess.Popen(self._command, env=env, stdin=subprocess.DEVNULL)
         with self._lock:
             self._procs[slot] = proc
         log.info("worker %d started (pid %d)", slot + 1, proc.pid)

@@ -1,6 +1,8 @@
-"""`relay serve --workers N` as a real process: the server only receives and N `relay worker`
-children deliver; a worker that dies is started again; stopping the server stops them; a
-worker whose server was killed stops by itself; contradictory options are refused."""
+"""`relay serve` as a real process: by default it only receives and one `relay worker` child
+delivers (N with `--workers N`), and its /metrics counts what the workers deliver; a worker
+that dies is started again; stopping the server stops them; a worker whose server was killed
+stops by itself; `--workers 0`, `--no-dispatch` and memory:// start none; contradictory options
+are refused."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.downstream import Downstream
 from tests.e2e.cli import GOAPI_SECRET, arelay, base_env
@@ -72,6 +76,90 @@ async def post(client: httpx.AsyncClient, url: str, ledger: Ledger, tasks: range
         body["data"]["task_id"] = f"task-{n}"
         answer = await ledger.post(client, f"{url}/hooks/goapi", json.dumps(body).encode(), headers)
         assert answer.status_code == 200, answer.text
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape(
+    client: httpx.AsyncClient, url: str
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    answer = await client.get(f"{url}/metrics")
+    assert answer.status_code == 200, answer.text
+    return samples(answer.text)
+
+
+DELIVERED = (
+    "relay_deliveries_total",
+    frozenset({("destination", "down"), ("type", "webhook"), ("outcome", "delivered")}),
+)
+ATTEMPTS = ("relay_delivery_attempt_seconds_count", frozenset({("destination", "down")}))
+
+
+@pytest.mark.parametrize(("args", "workers"), [((), 1), (("--workers", "2"), 2)])
+async def test_serve_delivers_from_its_workers_and_its_metrics_count_what_they_deliver(
+    make_relay: Callable[..., Relay], downstream: Downstream, args: tuple[str, ...], workers: int
+) -> None:
+    relay = make_relay(rules(downstream.url))
+    ledger = Ledger()
+    server = await relay.serve(*args)
+    assert server.proc is not None
+    serve_pid = server.proc.pid
+    await eventually(lambda: len(children(serve_pid)) == workers)
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = await scrape(client, server.url)
+        # Nothing delivered yet: the series may not exist at all.
+        assert before.get(DELIVERED, 0.0) == 0.0
+        await post(client, server.url, ledger, range(25))
+        found = await settled(server, ledger, within=30)
+        assert {d["state"] for ds in found.values() for d in ds} == {"delivered"}
+        # A worker counts a delivery right after recording it: the scrape catches up at once.
+        deadline = time.monotonic() + 10
+        while (now := await scrape(client, server.url)).get(DELIVERED, 0.0) < 25:
+            assert time.monotonic() < deadline, f"counted {now.get(DELIVERED)} of 25"
+            await asyncio.sleep(0.05)
+    # Exactly the deliveries made, whichever worker made them, and every attempt timed.
+    assert now[DELIVERED] == 25
+    assert now[ATTEMPTS] == 25
+    accepted = ("relay_callbacks_total", frozenset({("source", "goapi"), ("outcome", "accepted")}))
+    assert now[accepted] == 25
+    # The queue figures are read once, from the store, not once per process.
+    pending = ("relay_queue_depth", frozenset({("destination", "down"), ("state", "pending")}))
+    assert now[pending] == 0
+    assert '"logger":"relay.worker"' in relay.logs()
+    assert len({json.loads(r.body)["data"]["task_id"] for r in downstream.received}) == 25
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--workers", "0"), {}),
+        ((), {"RELAY_WORKERS": "0"}),
+        (("--no-dispatch",), {}),
+        (("--db", "memory://"), {}),
+    ],
+)
+async def test_serve_starts_no_worker_when_told_or_when_nothing_can_be_shared(
+    make_relay: Callable[..., Relay],
+    downstream: Downstream,
+    args: tuple[str, ...],
+    env: dict[str, str],
+) -> None:
+    relay = make_relay(rules(downstream.url))
+    server = await relay.serve(*args, **env)
+    assert server.proc is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        await post(client, server.url, Ledger(), range(1))
+        if "--no-dispatch" not in args:
+            # The serving process delivers itself.
+            await eventually(lambda: len(downstream.received) == 1)
+    assert children(server.proc.pid) == []
+    assert "worker 1 started" not in relay.logs()
 
 
 async def test_workers_deliver_are_restarted_and_stop_with_the_server(

@@ -18,8 +18,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -351,26 +353,39 @@ async def test_sigkill_after_storing_before_any_claim(
 # ---------------------------------------------------------------- 3. mid-send
 
 
-@pytest.mark.parametrize("sender", ["worker", "serve"])
+@pytest.mark.parametrize("sender", ["worker", "serve", "serve-worker"])
 async def test_sigkill_mid_send_is_retried_with_the_same_webhook_id(
     make_relay: Make, downstream: Downstream, sender: str
 ) -> None:
     """The downstream holds the request open; once it has arrived, the process sending it
-    (a ``relay worker``, or ``relay serve`` dispatching itself) is SIGKILLed, then the held
-    request is let go. After a restart the delivery's lease (RELAY_LEASE_SECONDS=3) expires
-    and it is sent again: delivered, both copies carry the same ``webhook-id``. What the
-    attempt log tells: the delivery counts two attempts; the one the kill cut off left no
-    row (and no log line), attempt 2 is the only one logged, delivered."""
+    (a ``relay worker``, ``relay serve --workers 0`` dispatching itself, or the worker process
+    ``relay serve`` starts by default) is SIGKILLed, then the held request is let go. After a
+    restart (of the killed process; serve restarts its worker itself) the delivery's lease
+    (RELAY_LEASE_SECONDS=3) expires and it is sent again: delivered, both copies carry the
+    same ``webhook-id``. What the attempt log tells: the delivery counts two attempts; the
+    one the kill cut off left no row (and no log line), attempt 2 is the only one logged,
+    delivered."""
     gate = Gate()
     downstream.hold = gate
     relay = webhook_relay(
         make_relay,
         downstream,
         RELAY_LEASE_SECONDS=LEASE,
-        RELAY_DISPATCH=str(int(sender == "serve")),
+        RELAY_DISPATCH=str(int(sender != "worker")),
     )
+    child: list[int] = []
     if sender == "serve":
-        serve = victim = await relay.serve()
+        serve = victim = await relay.serve("--workers", "0")
+    elif sender == "serve-worker":
+        serve = await relay.serve()
+        assert serve.proc is not None
+        parent = serve.proc.pid
+        child[:] = await asyncio.to_thread(children_of, parent, 1)
+
+        def kill_child(_: object) -> None:
+            os.kill(child[0], signal.SIGKILL)
+
+        downstream.on_request = kill_child  # as it arrives (then held)
     else:
         serve, victim = await asyncio.gather(relay.serve(), relay.worker())
     if sender == "worker":
@@ -382,16 +397,22 @@ async def test_sigkill_mid_send_is_retried_with_the_same_webhook_id(
         # Once the callback is acknowledged: serve's answer and its send race each other.
         await downstream.wait_for(1, within=WITHIN)
         sigkill(victim)
-    await reaped(victim)
+    if sender == "serve-worker":
+        await downstream.wait_for(1, within=WITHIN)
+        await asyncio.to_thread(gone, child[0])
+    else:
+        await reaped(victim)
     downstream.on_request = None
     assert len(gate.held) == 1
-    # Its first attempt, leased, when the sender died (not given up on and tried again).
-    assert {(s, n) for _, s, n in deliveries_in_file(relay)} == {("sending", 1)}
+    if sender != "serve-worker":
+        # Its first attempt, leased, when the sender died (not given up on and tried again);
+        # serve restarts its worker on its own, which may have taken it over already.
+        assert {(s, n) for _, s, n in deliveries_in_file(relay)} == {("sending", 1)}
     gate.open()  # the held request is answered 200, to a sender that is gone
 
     if sender == "serve":
-        serve = await relay.serve()
-    else:
+        serve = await relay.serve("--workers", "0")
+    elif sender == "worker":
         await relay.worker()
     found = await settled(serve, ledger, within=WITHIN)
     [[delivery]] = found.values()
@@ -406,6 +427,41 @@ async def test_sigkill_mid_send_is_retried_with_the_same_webhook_id(
     # is logged delivered by the new one.
     outcomes = [(line["attempt"], line["outcome"]) for line in delivery_lines(relay)]
     assert outcomes == [(2, "delivered")], outcomes
+    if sender == "serve-worker":
+        assert "exited with signal SIGKILL" in relay.logs()
+
+
+def children_of(pid: int, count: int) -> list[int]:
+    """The ``count`` live children of ``pid`` (Linux /proc), waited for (bounded)."""
+    deadline = time.monotonic() + WITHIN
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == pid and fields[0] != "Z":
+                    found.append(int(entry.name))
+        if len(found) == count:
+            return found
+        assert time.monotonic() < deadline, f"{len(found)} children of {pid}, not {count}"
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> None:
+    """Wait (bounded) until ``pid`` is no longer running (reaped, or a zombie)."""
+    deadline = time.monotonic() + WITHIN
+    while True:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        assert time.monotonic() < deadline, f"pid {pid} still running"
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- 4. answered, not recorded
