@@ -2,7 +2,7 @@
 Alertmanager on the same machine in the same run (issue 14).
 
     python benchmarks/e2e.py [--events 5000] [--concurrency 32] [--rounds 3] [--seconds 60]
-        [--only alertmanager,relay,no-dispatch,refusing,bare]
+        [--only alertmanager,relay,one-process,no-dispatch,refusing,bare]
         [--relay-arg=--some-flag ...] [--relay-env KEY=VAL ...] [--json results.json]
         [--client raw|aiohttp] [--workdir DIR]
 
@@ -18,11 +18,13 @@ Setups (each one a fresh server process per round, on 127.0.0.1):
   annotations with the prompt, output URL, input, meta, config and error of the GoAPI
   callback, so the body is about as large as the callback; both sizes are printed).
 - ``relay``: ``python -m relay serve`` with its defaults (SQLite file in a temporary directory,
-  ``synchronous=FULL``, the dispatcher in the same process) and the equivalent rule: a goapi
+  ``synchronous=FULL``, a receiving process and one worker process it starts to deliver) and
+  the equivalent rule: a goapi
   source, one webhook destination (the receiver, no signing secret, as Alertmanager's webhook
   is unsigned) and one route. Each event is one GoAPI callback
   (tests/fixtures/providers/goapi/image_success_flux.json with a fresh task id and timestamp,
   header ``x-webhook-secret``).
+- ``one-process``: the same with ``--workers 0`` (receiver and dispatcher on one event loop).
 - ``no-dispatch``: the same with ``--no-dispatch`` (ingest only).
 - ``refusing``: the same as ``relay`` but the destination is a closed port of 127.0.0.1, so every
   send is refused and retried later (ingest while the dispatcher fails and its breaker opens).
@@ -105,9 +107,9 @@ import alertmanager  # noqa: E402
 from ingest import FIXTURE, SECRET, free_port, process_cpu, wait_up  # noqa: E402
 from ingest import command as ingest_command  # noqa: E402
 
-SETUPS = ("alertmanager", "relay", "no-dispatch", "refusing", "bare")
-DELIVERING = ("alertmanager", "relay")
-RELAY_SETUPS = ("relay", "no-dispatch", "refusing")
+SETUPS = ("alertmanager", "relay", "one-process", "no-dispatch", "refusing", "bare")
+DELIVERING = ("alertmanager", "relay", "one-process")
+RELAY_SETUPS = ("relay", "one-process", "no-dispatch", "refusing")
 RULES = """\
 sources:
   goapi:
@@ -451,7 +453,8 @@ def server(setup: str, home: Path, receiver: Receiver, args: argparse.Namespace)
     rules = home / "rules"
     rules.mkdir()
     (rules / "e2e.yaml").write_text(RULES)
-    target_url = receiver.hook(setup) if setup == "relay" else f"http://127.0.0.1:{free_port()}/x"
+    delivering = setup in DELIVERING
+    target_url = receiver.hook(setup) if delivering else f"http://127.0.0.1:{free_port()}/x"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
@@ -463,6 +466,8 @@ def server(setup: str, home: Path, receiver: Receiver, args: argparse.Namespace)
     cmd += ["--db", f"sqlite:///{home}/relay.db", "--port", str(port)]
     if setup == "no-dispatch":
         cmd.append("--no-dispatch")
+    if setup == "one-process":
+        cmd += ["--workers", "0"]
     cmd += args.relay_arg
     return Server(
         cmd,
@@ -471,7 +476,7 @@ def server(setup: str, home: Path, receiver: Receiver, args: argparse.Namespace)
         f"{base}/readyz",
         goapi,
         goapi_bodies,
-        "relay" if setup == "relay" else None,
+        setup if delivering else None,
     )
 
 
@@ -488,15 +493,44 @@ async def up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         raise SystemExit(f"{url} did not come up; its log ends:\n{tail(log)}") from None
 
 
-async def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL."""
+async def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """SIGTERM (or ``sig``), a bounded wait, then SIGKILL."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+
+
+def profiler(
+    pid: int, home: Path, spec: Server, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
+    """``--profile``: py-spy sampling the relay processes (all of them) during the measurement,
+    its collapsed stacks written to ``profile.txt`` beside the server's log."""
+    if not args.profile or spec.cmd[1:3] != ["-m", "relay"]:
+        return None
+    with (home / "py-spy.log").open("ab") as out:
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--subprocesses",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(home / "profile.txt"),
+                "--nonblocking",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 # --- one measurement -------------------------------------------------------------------------
@@ -606,6 +640,7 @@ async def measure(
 
             peak, stop_sampling = Peak(), asyncio.Event()
             sampler = asyncio.create_task(sample_rss(proc.pid, peak, stop_sampling))
+            spy = profiler(proc.pid, home, spec, args)
             t0 = time.monotonic()
             cpu0, rcpu0, ccpu0 = tree_cpu(proc.pid), tree_cpu(receiver.pid), time.process_time()
             sent = await send(client, main, args.concurrency, args.seconds)
@@ -617,6 +652,9 @@ async def measure(
             t1 = time.monotonic()
             stop_sampling.set()
             await sampler
+            if spy is not None:
+                await stop(spy, signal.SIGINT)
+                result.notes.append(f"profile: {home / 'profile.txt'}")
         finally:
             await client.close()
     finally:
@@ -694,6 +732,8 @@ def report(rounds: dict[str, list[Round]], args: argparse.Namespace, header: lis
          lambda r: r.delivered_rate, "aim >= 1.5x", 1.5, True),
         ("relay server CPU per event vs Alertmanager", "relay", "alertmanager",
          lambda r: r.cpu_us, "aim <= 1x", 1.0, False),
+        ("relay delivered/s, receiver and worker vs one process", "relay", "one-process",
+         lambda r: r.delivered_rate, "(no aim)", 0.0, True),
         ("relay --no-dispatch accepted/s vs bare Starlette", "no-dispatch", "bare",
          lambda r: r.accepted_rate, "aim >= 0.6x", 0.6, True),
         ("relay accepted/s, destination refusing vs healthy", "refusing", "relay",
@@ -738,7 +778,8 @@ def report(rounds: dict[str, list[Round]], args: argparse.Namespace, header: lis
 
 LABELS = {
     "alertmanager": "Alertmanager (webhook receiver, `group_by: [task_id]`, `group_wait: 0s`)",
-    "relay": "`relay serve` (defaults: SQLite FULL, dispatcher in process)",
+    "relay": "`relay serve` (defaults: SQLite FULL, a receiver and one worker process)",
+    "one-process": "`relay serve --workers 0` (receiver and dispatcher in one process)",
     "no-dispatch": "`relay serve --no-dispatch` (ingest only)",
     "refusing": "`relay serve`, destination refusing connections",
     "bare": "bare Starlette endpoint (parses the body)",
@@ -796,6 +837,12 @@ def parse_args() -> argparse.Namespace:
         "of aiohttp's CPU per request) or aiohttp (as benchmarks/ingest.py)",
     )
     ap.add_argument("--alertmanager", default=alertmanager.BINARY, help="the binary")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the relay processes with py-spy during each measurement (skews their "
+        "figures); collapsed stacks in each setup's folder (use with --workdir)",
+    )
     ap.add_argument("--json", type=Path, help="also write every round's figures here")
     ap.add_argument(
         "--workdir",
