@@ -506,31 +506,24 @@ async def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None
 
 def profiler(
     pid: int, home: Path, spec: Server, args: argparse.Namespace
-) -> subprocess.Popen[bytes] | None:
-    """``--profile``: py-spy sampling the relay processes (all of them) during the measurement,
-    its collapsed stacks written to ``profile.txt`` beside the server's log."""
+) -> list[subprocess.Popen[bytes]]:
+    """``--profile``: one py-spy per relay process (the server and each worker it started)
+    sampling it during the measurement, its collapsed stacks written to
+    ``profile-<pid>.txt`` beside the server's log (the first line of each stack names the
+    process)."""
     if not args.profile or spec.cmd[1:3] != ["-m", "relay"]:
-        return None
+        return []
+    spies = []
     with (home / "py-spy.log").open("ab") as out:
-        return subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "--pid",
-                str(pid),
-                "--subprocesses",
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--output",
-                str(home / "profile.txt"),
-                "--nonblocking",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        for each in descendants(pid):
+            command = ["py-spy", "record", "--pid", str(each), "--rate", "250", "--format"]
+            command += ["raw", "--output", str(home / f"profile-{each}.txt"), "--nonblocking"]
+            spies.append(
+                subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
+            )
+    return spies
 
 
 # --- one measurement -------------------------------------------------------------------------
@@ -640,7 +633,7 @@ async def measure(
 
             peak, stop_sampling = Peak(), asyncio.Event()
             sampler = asyncio.create_task(sample_rss(proc.pid, peak, stop_sampling))
-            spy = profiler(proc.pid, home, spec, args)
+            spies = profiler(proc.pid, home, spec, args)
             t0 = time.monotonic()
             cpu0, rcpu0, ccpu0 = tree_cpu(proc.pid), tree_cpu(receiver.pid), time.process_time()
             sent = await send(client, main, args.concurrency, args.seconds)
@@ -652,9 +645,10 @@ async def measure(
             t1 = time.monotonic()
             stop_sampling.set()
             await sampler
-            if spy is not None:
+            for spy in spies:
                 await stop(spy, signal.SIGINT)
-                result.notes.append(f"profile: {home / 'profile.txt'}")
+            if spies:
+                result.notes.append(f"profiles: {home}/profile-*.txt")
         finally:
             await client.close()
     finally:

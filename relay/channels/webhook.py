@@ -27,7 +27,7 @@ def render_body(delivery: Delivery, mode: str, *, include_raw: bool = True) -> b
     provider's body in ``data.raw``), or the provider's original body (already redacted when
     it was received)."""
     stored = delivery.stored_event
-    if mode == "envelope" and include_raw and stored is not None:
+    if mode != "original" and include_raw and stored is not None:
         # The event's JSON as the store keeps it (pydantic's, written once at ingest) is the
         # envelope's `data` as it is: no parse, no dump.
         stamp = _stamp(datetime.fromisoformat(stored.field("received_at")))

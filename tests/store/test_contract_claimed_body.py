@@ -48,11 +48,11 @@ async def test_the_body_of_a_claimed_delivery_is_that_of_its_event(store: Store)
     [claim] = await store.claim(now=T0 + 1, limit=10, lease_seconds=30)
     claimed = Delivery(claim.delivery_id, claim.destination, claim.attempt, claim.event_data)
     built = Delivery(claim.delivery_id, claim.destination, claim.attempt, event)
-    for mode, include_raw in (("envelope", True), ("envelope", False), ("original", True)):
+    for mode, include_raw in (("event", True), ("event", False), ("original", True)):
         assert render_body(claimed, mode, include_raw=include_raw) == render_body(
             built, mode, include_raw=include_raw
         )
     assert claim.event == event
     assert b'"type":"task.failed","timestamp":"2023-11-14T22:13:20.123456Z","data":{' in (
-        render_body(claimed, "envelope")
+        render_body(claimed, "event")
     )
