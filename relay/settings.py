@@ -28,7 +28,7 @@ class Settings:
     max_body: int = 1024 * 1024
     max_depth: int = 64
     lease_seconds: float = 60.0
-    concurrency: int = 64
+    concurrency: int = 128
     log_level: str = "info"
     # json or text; None: JSON unless stderr is a terminal.
     log_format: str | None = None

@@ -122,8 +122,10 @@ class RetryConfig(_Strict):
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
-# Sends in flight to one destination, per process, unless its `concurrency:` says otherwise.
-DEFAULT_DESTINATION_CONCURRENCY = 16
+# Sends in flight to one destination, per process, unless its `concurrency:` says otherwise: a
+# quarter of the default RELAY_CONCURRENCY, so one hung destination leaves the others most
+# of the slots; 16 held a single fast destination to two thirds of the rate (benchmarks/e2e.py).
+DEFAULT_DESTINATION_CONCURRENCY = 32
 
 
 class BreakerConfig(_Strict):
