@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.downstream import Downstream
 from tests.e2e.cli import GOAPI_SECRET, arelay, base_env
-from tests.faults.harness import Ledger, Relay, settled
+from tests.faults.harness import Ledger, Relay, alive, children, settled
 from tests.fixtures_util import load
 
 
@@ -37,30 +37,6 @@ destinations:
 routes:
   - to: [down]
 """
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def eventually(condition: Callable[[], bool], within: float = 15.0) -> None:

@@ -32,7 +32,7 @@ import pytest
 from relay.store.base import LOST_ATTEMPT
 from tests.downstream import Downstream, Received
 from tests.e2e.cli import DOWN_SECRET, GOAPI_SECRET
-from tests.faults.harness import Ledger, Relay, Serve, settled
+from tests.faults.harness import Ledger, Relay, Serve, alive, children, settled
 from tests.fixtures_util import load
 from tests.slack_standin import SlackStandIn
 
@@ -432,34 +432,18 @@ async def test_sigkill_mid_send_is_retried_with_the_same_webhook_id(
 
 
 def children_of(pid: int, count: int) -> list[int]:
-    """The ``count`` live children of ``pid`` (Linux /proc), waited for (bounded)."""
+    """The ``count`` live children of ``pid``, waited for (bounded)."""
     deadline = time.monotonic() + WITHIN
-    while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == pid and fields[0] != "Z":
-                    found.append(int(entry.name))
-        if len(found) == count:
-            return found
+    while len(found := children(pid)) != count:
         assert time.monotonic() < deadline, f"{len(found)} children of {pid}, not {count}"
         time.sleep(0.05)
+    return found
 
 
 def gone(pid: int) -> None:
     """Wait (bounded) until ``pid`` is no longer running (reaped, or a zombie)."""
     deadline = time.monotonic() + WITHIN
-    while True:
-        try:
-            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state == "Z":
-            return
+    while alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} still running"
         time.sleep(0.05)
 
