@@ -185,6 +185,7 @@ class Dispatcher:
                     if name not in skipped
                     and (room := self._limit(routing, name) - self._busy[name]) > 0
                 }
+                asked = min(limit, sum(quota.values())) if routing.types else limit
                 if routing.types and not quota:
                     # Every destination is at its limit or paused: a claim could only read
                     # through their backlogs to find nothing. Wait for a slot instead.
@@ -194,7 +195,7 @@ class Dispatcher:
                     # would read on through a full destination's backlog for rows of others.
                     claims = await self._store.claim(
                         self._clock(),
-                        min(limit, sum(quota.values())) if routing.types else limit,
+                        asked,
                         self._lease_seconds,
                         skip=skip,
                         caps=routing.limits,
@@ -226,6 +227,12 @@ class Dispatcher:
                 )
                 continue
             if len(claims) == limit:
+                continue
+            if claims and len(claims) == asked:
+                # Every destination with room got all it had room for (a backlog): nothing
+                # more can go out before a send ends (which wakes us) or new work arrives, so
+                # no need to ask the store when the next delivery is due.
+                await self._sleep(stop, look_up_due=False)
                 continue
             # Fewer than asked: what is due and unclaimed belongs to destinations skipped or
             # at their shared limit (slots another process holds: the idle poll looks again).
@@ -311,15 +318,21 @@ class Dispatcher:
         # A finished send may have scheduled a retry sooner than our next wake-up.
         self._wakeup.set()
 
-    async def _sleep(self, stop: asyncio.Event, *, paused: bool = False) -> None:
+    async def _sleep(
+        self, stop: asyncio.Event, *, paused: bool = False, look_up_due: bool = True
+    ) -> None:
         """Sleep until woken (new work, a send finished: a slot freed), ``stop``, the next due
         time, a breaker's pause ending, or the idle poll. ``paused``: some destinations were
-        skipped, so work already due is theirs, waiting for a slot or its pause to end."""
+        skipped, so work already due is theirs, waiting for a slot or its pause to end.
+        ``look_up_due=False``: the next due time is not looked up (nothing could be claimed
+        before a slot frees)."""
         timeout = self._idle_seconds
-        try:
-            due = await self._store.next_due()
-        except StoreUnavailableError:
-            due = None
+        due = None
+        if look_up_due:
+            try:
+                due = await self._store.next_due()
+            except StoreUnavailableError:
+                due = None
         now = self._clock()
         if due is not None and not (paused and due <= now):
             timeout = min(timeout, max(0.0, due - now))
