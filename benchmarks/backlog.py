@@ -33,9 +33,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from delivery import RULES, WHSEC, Receiver, delivered  # noqa: E402
+from delivery import RULES, WHSEC, Receiver, delivered, event  # noqa: E402
 
-from relay.events import Output, TaskEvent  # noqa: E402
 from relay.store import open_store  # noqa: E402
 from relay.store.base import NewDelivery  # noqa: E402
 
@@ -51,21 +50,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def event(task: str, now: datetime) -> TaskEvent:
-    return TaskEvent(
-        id=f"evt_{uuid.uuid4().hex}",
-        source="goapi",
-        provider="goapi",
-        task_id=task,
-        dedupe_key=task,
-        model="flux",
-        prompt="a lighthouse at dusk, volumetric light, 35 mm, " * 4,
-        status="succeeded",
-        provider_status="completed",
-        final=True,
-        outputs=[Output(kind="image", url=f"https://cdn.example/{task}.png")],
-        received_at=now,
-    )
+PROMPT = "a lighthouse at dusk, volumetric light, 35 mm, " * 4
 
 
 async def load(db: str, n: int) -> float:
@@ -79,7 +64,7 @@ async def load(db: str, n: int) -> float:
             await asyncio.gather(
                 *(
                     store.ingest(
-                        event(f"backlog-{i:07d}", now),
+                        event(f"backlog-{i:07d}", now, PROMPT),
                         [NewDelivery(f"dlv_{uuid.uuid4().hex}", "down", 0)],
                     )
                     for i in range(first, min(n, first + LOAD_IN_FLIGHT))

@@ -87,27 +87,32 @@ class Receiver:
             await self._runner.cleanup()
 
 
+def event(task: str, now: datetime, prompt: str | None = None) -> TaskEvent:
+    """A finished image task with one output (benchmarks/backlog.py loads the same)."""
+    return TaskEvent(
+        id=f"evt_{uuid.uuid4().hex}",
+        source="goapi",
+        provider="goapi",
+        task_id=task,
+        dedupe_key=task,
+        model="flux",
+        prompt=prompt,
+        status="succeeded",
+        provider_status="completed",
+        final=True,
+        outputs=[Output(kind="image", url=f"https://cdn.example/{task}.png")],
+        received_at=now,
+    )
+
+
 async def preload(db: str, n: int, tag: str) -> None:
     store = open_store(db)
     await store.open()
     try:
         now = datetime.now(UTC)
         for i in range(n):
-            task = f"{tag}-{i:06d}"
-            event = TaskEvent(
-                id=f"evt_{uuid.uuid4().hex}",
-                source="goapi",
-                provider="goapi",
-                task_id=task,
-                dedupe_key=task,
-                model="flux",
-                status="succeeded",
-                provider_status="completed",
-                final=True,
-                outputs=[Output(kind="image", url=f"https://cdn.example/{task}.png")],
-                received_at=now,
-            )
-            await store.ingest(event, [NewDelivery(f"dlv_{uuid.uuid4().hex}", "down", 0)])
+            new = event(f"{tag}-{i:06d}", now)
+            await store.ingest(new, [NewDelivery(f"dlv_{uuid.uuid4().hex}", "down", 0)])
     finally:
         await store.close()
 
