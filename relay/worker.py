@@ -97,7 +97,7 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
 
-# Set by `relay serve --workers`: the serving process's pid. A worker whose server is gone
+# Set by `relay serve` for its workers: the serving process's pid. A worker whose server is gone
 # (killed, never to stop it) stops too, rather than deliver on unwatched.
 PARENT_VARIABLE = "RELAY_SERVE_PID"
 
