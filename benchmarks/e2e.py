@@ -82,6 +82,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -854,6 +855,8 @@ def parse_args() -> argparse.Namespace:
         ap.error(f"--relay-env wants KEY=VAL, not {bad}")
     if args.events < 1 or args.concurrency < 1 or args.rounds < 1:
         ap.error("--events, --concurrency and --rounds must be at least 1")
+    if args.profile and shutil.which("py-spy") is None:
+        ap.error("--profile needs py-spy on PATH: python3 -m pip install py-spy")
     return args
 
 

@@ -126,8 +126,11 @@ class Dispatcher:
         # recording an outcome): the ones given back if the grace period runs out.
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
         self._sending: dict[str, Claim] = {}
-        # Sends in flight per destination (each bounded by its limit).
+        # Sends in flight per destination (each bounded by its limit), and the deliveries
+        # holding one of those slots: a slot is freed when its send ends, before the outcome
+        # is recorded, so a commit's wait never holds a destination's room.
         self._busy: Counter[str] = Counter()
+        self._holding: set[str] = set()
         # Set once ``stop`` is seen: nothing more is claimed, the sends under way finish.
         self.stopping = asyncio.Event()
         self.worker_id = uuid.uuid4().hex[:8]
@@ -215,6 +218,7 @@ class Dispatcher:
                     over.append(claim)
                     continue
                 self._busy[claim.destination] += 1
+                self._holding.add(claim.delivery_id)
                 # Before the task starts: a task cancelled before its first step still has
                 # its lease given back.
                 self._sending[claim.delivery_id] = claim
@@ -312,11 +316,19 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         claim = self._in_flight.pop(task, None)
         if claim is not None:
-            self._busy[claim.destination] -= 1
-            if self._busy[claim.destination] <= 0:
-                del self._busy[claim.destination]
+            self._free_slot(claim)
         # A finished send may have scheduled a retry sooner than our next wake-up.
         self._wakeup.set()
+
+    def _free_slot(self, claim: Claim) -> None:
+        """Give back the destination slot ``claim`` holds (once: at the end of its send, or
+        when its task ends without one)."""
+        if claim.delivery_id not in self._holding:
+            return
+        self._holding.discard(claim.delivery_id)
+        self._busy[claim.destination] -= 1
+        if self._busy[claim.destination] <= 0:
+            del self._busy[claim.destination]
 
     async def _sleep(
         self, stop: asyncio.Event, *, paused: bool = False, look_up_due: bool = True
@@ -425,6 +437,9 @@ class Dispatcher:
         await self._breakers.record(
             claim.destination, routing.breakers.get(claim.destination), result
         )
+        # The destination has its answer: its slot is free while the outcome is committed.
+        self._free_slot(claim)
+        self._wakeup.set()
         await self._record(claim, outcome, started, routing.types.get(claim.destination, ""))
 
     def _digests(self, routing: Routing) -> DigestKeeper:
