@@ -305,7 +305,8 @@ def _leasing(rows: str) -> str:
         WHERE r.state = 'sending' AND r.id IN (SELECT id FROM leased)
         ORDER BY r.due_at, r.seq
     )
-    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json
+    SELECT l.id, l.destination, l.route, l.attempts, l.lease_token, e.event_json,
+        e.id, e.source, e.task_id, e.status, e.received_at
     FROM leased AS l JOIN events AS e ON e.id = l.event_id
     ORDER BY l.was_due, l.seq
 """
@@ -658,14 +659,33 @@ def _claims(rows: Sequence[TupleRow], lease_until: float) -> list[Claim]:
     return [
         Claim(
             delivery_id=delivery_id,
-            event_data=StoredEvent(event_json),
+            event_data=StoredEvent.from_row(
+                event_json,
+                id=event_id,
+                source=source,
+                task_id=task_id,
+                status=status,
+                received_at=received_at,
+            ),
             destination=destination,
             route=route,
             attempt=attempt,
             lease_token=token,
             lease_until=lease_until,
         )
-        for delivery_id, destination, route, attempt, token, event_json in rows
+        for (
+            delivery_id,
+            destination,
+            route,
+            attempt,
+            token,
+            event_json,
+            event_id,
+            source,
+            task_id,
+            status,
+            received_at,
+        ) in rows
     ]
 
 

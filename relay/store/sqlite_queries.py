@@ -252,7 +252,7 @@ _NOT_HELD_BACK = """
 # repeated verbatim in WHERE, which SQLite needs to use it).
 _CLAIM_TEMPLATE = f"""
     SELECT d.id, d.destination, d.route, d.attempts, e.event_json, d.state, d.updated_at,
-        d.due_at
+        d.due_at, e.id, e.source, e.task_id, e.status, e.received_at
     FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id
     WHERE d.state IN ('pending', 'sending') AND d.due_at <= ? AND {_NOT_HELD_BACK}{{skip}}
     ORDER BY d.due_at, d.rowid
@@ -591,7 +591,14 @@ def _claim(
             batch.append(
                 Claim(
                     delivery_id=delivery_id,
-                    event_data=StoredEvent(event_json),
+                    event_data=StoredEvent.from_row(
+                        event_json,
+                        id=row[8],
+                        source=row[9],
+                        task_id=row[10],
+                        status=row[11],
+                        received_at=row[12],
+                    ),
                     destination=destination,
                     route=route,
                     attempt=attempts_so_far + 1,

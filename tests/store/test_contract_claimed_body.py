@@ -1,14 +1,20 @@
 """A claimed delivery's webhook body is built from the event's JSON as the store keeps it,
 without parsing it: on every backend it must be byte for byte the body built from the event
-itself, and the claim's event (parsed when read) must be the event that was ingested."""
+itself, and the claim's event (parsed when read) must be the event that was ingested. The
+fields a claim reads from the store's columns rather than the JSON (for the envelope and the
+log lines) must be the JSON's."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.channels.base import Delivery
 from relay.channels.webhook import render_body
-from relay.events import Output, TaskError, TaskEvent
+from relay.events import Output, StoredEvent, TaskError, TaskEvent, field_of
 from relay.store.base import NewDelivery, Store
 from tests.store.conftest import T0
 
@@ -56,3 +62,31 @@ async def test_the_body_of_a_claimed_delivery_is_that_of_its_event(store: Store)
     assert b'"type":"task.failed","timestamp":"2023-11-14T22:13:20.123456Z","data":{' in (
         render_body(claimed, "event")
     )
+
+
+async def test_the_fields_a_claim_reads_without_parsing_are_the_events(store: Store) -> None:
+    event = rich_event()
+    await store.ingest(event, [NewDelivery("dlv_fields", "hook", 0)])
+    [claim] = await store.claim(now=T0 + 1, limit=10, lease_seconds=30)
+    parsed = json.loads(event.model_dump_json())
+    for name in ("id", "source", "task_id", "status"):
+        assert field_of(claim.event_data, name) == parsed[name]
+    received = field_of(claim.event_data, "received_at")
+    if isinstance(received, str):
+        received = datetime.fromisoformat(received)
+    assert received == event.received_at
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.just(UTC),
+    )
+)
+def test_a_received_time_read_back_from_its_unix_time_is_exact(at: datetime) -> None:
+    # The events table keeps received_at as a double; the envelope's timestamp is made from it.
+    stored = StoredEvent.from_row(
+        "{}", id="e", source="s", task_id="t", status="succeeded", received_at=at.timestamp()
+    )
+    assert datetime.fromisoformat(stored.field("received_at")) == at
