@@ -39,10 +39,12 @@ async def run_worker(
     env: Mapping[str, str] | None = None,
     metrics_socket: str | None = None,
     prune: bool = True,
+    notes: bool = True,
 ) -> None:
     """Dispatch until ``stop`` is set; in-flight sends finish and are recorded first.
     ``metrics_socket``: also serve this process's counters there (for ``relay serve``);
-    ``prune=False``: leave retention to another process (the worker's ``relay serve``)."""
+    ``prune=False``: leave retention to another process (the worker's ``relay serve``);
+    ``notes=False``: do not log the rules' notes (defaults in use), which that server logs."""
     async with build_runtime(
         settings,
         store=store,
@@ -52,6 +54,7 @@ async def run_worker(
         channel_types=channel_types,
         dispatch=True,
         prune=prune,
+        notes=notes,
     ) as runtime:
         dispatcher, rulebook = runtime.dispatcher, runtime.rulebook
         assert dispatcher is not None  # dispatch=True
@@ -134,12 +137,14 @@ def main(settings: Settings) -> int:
         parent = os.environ.get(PARENT_VARIABLE)
         watch = asyncio.create_task(_parent_gone(int(parent), stop)) if parent else None
         try:
-            # A worker of `relay serve` leaves retention to its server: one pruner per relay.
+            # A worker of `relay serve` leaves retention, and the rules' notes, to its server:
+            # one pruner per relay, and each note in its log once.
             await run_worker(
                 settings,
                 stop,
                 metrics_socket=os.environ.get(SOCKET_VARIABLE) or None,
                 prune=not parent,
+                notes=not parent,
             )
         finally:
             if watch is not None:

@@ -197,3 +197,26 @@ async def test_contradictory_or_impossible_worker_options_are_refused(tmp_path: 
     assert both.code == 2 and "--workers and --no-dispatch: choose one" in both.err
     assert memory.code == 2 and "--workers needs a shared database" in memory.err
     assert many.code == 2 and "must be 0 to 64" in many.err
+
+
+async def test_the_rules_notes_are_logged_once_not_again_by_each_worker(
+    make_relay: Callable[..., Relay], downstream: Downstream
+) -> None:
+    # A default in use is worth one line; serve's workers read the same rules and stay quiet.
+    port = downstream.url.split(":")[2].split("/")[0]
+    relay = make_relay(
+        rules(f"${{RELAY_TEST_DOWN_URL:-http://127.0.0.1:{port}/hook}}"),
+    )
+    server = await relay.serve("--workers", "2")
+    assert server.proc is not None
+    serve_pid = server.proc.pid
+    await eventually(lambda: len(children(serve_pid)) == 2)
+    await eventually(lambda: relay.logs().count("dispatching from") == 2)
+    note = "uses the default of ${RELAY_TEST_DOWN_URL}"
+    assert relay.logs().count(note) == 1, relay.logs()
+    # And the default is the one in force: a callback is delivered to it.
+    ledger = Ledger()
+    async with httpx.AsyncClient(timeout=10) as client:
+        await post(client, server.url, ledger, range(1))
+        found = await settled(server, ledger, within=30)
+    assert {d["state"] for ds in found.values() for d in ds} == {"delivered"}
