@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.errors import (
@@ -34,7 +35,8 @@ log = logging.getLogger("relay.hooks")
 
 PREFIX = "/hooks/"
 _JSON = (b"content-type", b"application/json")
-# Built once: json.dumps with any keyword builds a new encoder on every call.
+# The stdlib's encoder, built once, for what orjson refuses: a reason quoting outside text
+# may hold a lone surrogate.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -86,8 +88,10 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     client = scope.get("client")
     client_ip: str | None = client[0] if client else None
     body = b""
-    deadline: asyncio.Timeout | None = None
-    reading: asyncio.Timeout | None = None
+    # One timer bounds both the body's reading and then the answer (one timer a request,
+    # not two: this is every callback's path); ``answering`` says which it bounds.
+    timer: asyncio.Timeout | None = None
+    answering = False
 
     def done(
         outcome: str,
@@ -123,13 +127,13 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     query = scope.get("query_string", b"")
     try:
         # A body dribbled in for ever would hold its connection and memory: bounded.
-        reading = asyncio.timeout(state.settings.body_timeout)
-        async with reading:
+        timer = asyncio.timeout(state.settings.body_timeout)
+        async with timer:
             body = await read_body(receive, headers.get("content-length"), state.settings.max_body)
-        # A bounded answer whatever the store or a status API does: a provider that waits
-        # too long counts the callback as failed anyway, and retries it.
-        deadline = asyncio.timeout(state.settings.answer_timeout)
-        async with deadline:
+            # A bounded answer whatever the store or a status API does: a provider that waits
+            # too long counts the callback as failed anyway, and retries it.
+            answering = True
+            timer.reschedule(asyncio.get_running_loop().time() + state.settings.answer_timeout)
             result = await state.receiver.receive(
                 Request(
                     source=where[0],
@@ -143,13 +147,13 @@ async def hook(state: Runtime, scope: Scope, receive: Receive, send: Send) -> No
     except Disconnected:
         return
     except TimeoutError:
-        if reading is not None and reading.expired():
+        if timer is None or not timer.expired():
+            raise
+        if not answering:
             why = f"body not received within {state.settings.body_timeout:g} s"
             await respond(send, 408, {"error": why}, [(b"connection", b"close")])
             done("refused_timeout", 408, reason=why)
             return
-        if deadline is None or not deadline.expired():
-            raise
         # Possibly stored after all: the provider's retry is then a duplicate, answered 200.
         why = f"not stored within {state.settings.answer_timeout:g} s, retry later"
         await respond(send, 503, {"error": why}, [(b"retry-after", b"5")])
@@ -237,7 +241,10 @@ async def respond(
     payload: dict[str, Any],
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = _ENCODER.encode(payload).encode()
+    try:
+        body = orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        body = _ENCODER.encode(payload).encode()
     await send(
         {
             "type": "http.response.start",

@@ -18,8 +18,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TextIO
+
+import orjson
 
 from relay.escape import one_line
 from relay.redaction import Secrets, longest_first, mask_path, scrub, settings_secrets
@@ -66,7 +68,7 @@ class LogScrubber:
     def encoded(self, secrets: tuple[str, ...]) -> tuple[str, ...]:
         """``secrets`` as they appear inside an encoded JSON string (cached per tuple)."""
         if secrets is not self._encoded_for:
-            self._encoded = tuple(_ENCODER.encode(s)[1:-1] for s in secrets)
+            self._encoded = tuple(_encode(s)[1:-1] for s in secrets)
             self._encoded_for = secrets
         return self._encoded
 
@@ -74,6 +76,22 @@ class LogScrubber:
 # Built once: json.dumps with any keyword builds a new encoder on every call. ``default``:
 # a field of another type is shown as its str().
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# orjson writes the same compact JSON about five times faster (a line is logged per callback
+# and per delivery); dates and dataclasses are left to ``default`` as the stdlib encoder does.
+_ORJSON_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _encode(value: Any) -> str:
+    """``value`` as compact JSON. What orjson refuses (an integer beyond 64 bits, a lone
+    surrogate) is written by the stdlib encoder."""
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return _ENCODER.encode(value)
+
+
 # A text-format value is quoted (as a JSON string) if it holds a space, '"', '=' or a control
 # character: quoted, the controls are escapes, so a value cannot end its line or drive the
 # terminal.
@@ -113,10 +131,8 @@ def _scrubbed(value: Any, secrets: tuple[str, ...]) -> Any:
     return _scrubbed(str(value), secrets)
 
 
-def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
-    for key, value in record.__dict__.items():
-        if key not in _STANDARD:
-            yield key, value
+def _fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    return [item for item in record.__dict__.items() if item[0] not in _STANDARD]
 
 
 class JsonFormatter(logging.Formatter):
@@ -147,8 +163,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in _fields(record):
-            line[key] = value
+        line.update(_fields(record))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -156,12 +171,12 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         secrets = self.scrubber.values()
-        text = _ENCODER.encode(line)
+        text = _encode(line)
         # Most lines hold no secret. A string holding one encodes to text holding the secret's
         # own encoded form (JSON escapes character by character), so when no encoded secret is
         # in the line, nothing needs scrubbing; otherwise every string is scrubbed, then encoded.
         if any(encoded in text for encoded in self.scrubber.encoded(secrets)):
-            text = _ENCODER.encode(_scrubbed(line, secrets))
+            text = _encode(_scrubbed(line, secrets))
         if not text.isascii() or "\x7f" in text:
             text = text.translate(_JSON_CONTROLS)
         return text
@@ -246,6 +261,13 @@ def setup_logging(settings: Settings, stream: TextIO | None = None) -> LogScrubb
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # No format shows where a line was logged from, or its thread and process: not computed
+    # for every record (the Logging HOWTO's "Optimization"; finding the caller alone is a
+    # fifth of a line's cost).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # watchfiles says "N changes detected" at INFO for every save; relay's own line says what
     # the reload did.
     logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))

@@ -212,6 +212,11 @@ class Metrics:
         # ``peers``: the worker processes whose counters this process's scrape adds to its own
         # (``relay serve`` with its workers).
         self._peers = peers
+        # The labelled series counted on every callback and every attempt, found once: asking
+        # prometheus-client for them each time costs more than counting. Their label values
+        # are bounded (sources and destinations of the rules, outcomes, types).
+        self._callback_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._attempt_series: dict[tuple[str, str, str], tuple[Counter, Histogram | None]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.callbacks = Counter(
@@ -310,8 +315,15 @@ class Metrics:
         )
 
     def callback(self, source: str, outcome: str, seconds: float) -> None:
-        self.callbacks.labels(source=source, outcome=outcome).inc()
-        self.ingest_seconds.labels(source=source).observe(seconds)
+        series = self._callback_series.get((source, outcome))
+        if series is None:
+            series = (
+                self.callbacks.labels(source=source, outcome=outcome),
+                self.ingest_seconds.labels(source=source),
+            )
+            self._callback_series[(source, outcome)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def prune(self, events: int, deliveries: int, attempts: int) -> None:
         """A retention batch removed these rows."""
@@ -323,9 +335,17 @@ class Metrics:
         self.task_outcomes.labels(provider=provider, model=model or "", status=status).inc()
 
     def attempt(self, destination: str, kind: str, outcome: str, seconds: float) -> None:
-        self.deliveries.labels(destination=destination, type=kind, outcome=outcome).inc()
-        if outcome != "deferred":  # a paced delivery made no attempt
-            self.attempt_seconds.labels(destination=destination).observe(seconds)
+        series = self._attempt_series.get((destination, kind, outcome))
+        if series is None:
+            series = (
+                self.deliveries.labels(destination=destination, type=kind, outcome=outcome),
+                # A paced delivery made no attempt: it has no time to show.
+                None if outcome == "deferred" else self.attempt_seconds.labels(destination),
+            )
+            self._attempt_series[(destination, kind, outcome)] = series
+        series[0].inc()
+        if series[1] is not None:
+            series[1].observe(seconds)
 
     def breaker_transition(self, destination: str, to: str) -> None:
         self.breaker_transitions.labels(destination=destination, to=to).inc()

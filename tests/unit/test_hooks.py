@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
 from starlette.types import Message
 
 from relay.errors import BodyTooLargeError
-from relay.hooks import Disconnected, parse_path, read_body
+from relay.hooks import Disconnected, parse_path, read_body, respond
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,25 @@ async def test_undeclared_length_is_cut_while_reading() -> None:
 async def test_a_client_that_goes_away_is_noticed() -> None:
     with pytest.raises(Disconnected):
         await read_body(messages(chunk(b"ab", True), {"type": "http.disconnect"}), None, 10)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"event_id": "evt_1", "duplicate": False, "deliveries": 2},
+        # orjson refuses a lone surrogate; the answer is still JSON, never a 500.
+        {"error": "bad value \ud800 here"},
+    ],
+)
+async def test_answers_are_json_with_their_length(payload: dict[str, object]) -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await respond(send, 400, payload, [(b"retry-after", b"5")])
+    start, body = sent
+    assert start["status"] == 400
+    assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
+    assert dict(start["headers"])[b"retry-after"] == b"5"
+    assert json.loads(body["body"]) == payload

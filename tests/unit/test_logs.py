@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import logging
@@ -277,3 +278,25 @@ def test_bidirectional_controls_are_escaped_in_both_formats() -> None:
     assert "\u202e" not in text and 'task_id="abc\\u202edcb"' in text
     line = JsonFormatter(LogScrubber(Secrets())).format(record)
     assert "\u202e" not in line and json.loads(line)["task_id"] == "abc\u202edcb"
+
+
+def test_json_lines_hold_values_the_fast_encoder_refuses() -> None:
+    """orjson writes most lines; what it cannot (an integer beyond 64 bits, a lone surrogate
+    from outside text, a non-string key, an object) still gives one JSON line, scrubbed."""
+    formatter = JsonFormatter(LogScrubber(Secrets(["plain-secret"])))
+    when = datetime.datetime(2026, 12, 3, 5, 0, tzinfo=datetime.UTC)
+    line = formatter.format(
+        record(
+            "odd",
+            huge=2**70,
+            text="half \ud800 of a pair, plain-secret",
+            keys={1: "one", None: "none"},
+            when=when,
+        )
+    )
+    parsed = json.loads(line)
+    assert parsed["huge"] == 2**70
+    assert parsed["text"] == "half \ud800 of a pair, [redacted]"
+    assert parsed["keys"] == {"1": "one", "null": "none"}
+    # As the stdlib encoder's default shows it: str(), not orjson's own ISO form.
+    assert parsed["when"] == str(when)
