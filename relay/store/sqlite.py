@@ -2,7 +2,8 @@
 
 sqlite3 blocks, so one dedicated worker thread owns the one connection and runs every
 statement; the event loop only awaits futures. One thread also means one writer in this
-process, so our own calls never contend for the database lock.
+process, so our own calls never contend for the database lock; relay's other processes on the
+file (a receiver's workers) take turns with it through a lock file (``sqlite_writer``).
 
 Ingest is the hot path: every provider callback waits for it before it gets its 2xx. Concurrent
 ingests are group-committed: they queue, and one flush writes the whole queue in one transaction
@@ -45,6 +46,7 @@ from relay.store.base import (
 )
 from relay.store.batching import GroupCommit
 from relay.store.memory import REPLAYABLE, next_attempt_for
+from relay.store.sqlite_writer import WriterConnection, WriterLock
 
 T = TypeVar("T")
 
@@ -71,7 +73,7 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: WriterConnection | None = None
         self._closing = False
         self._ingests: GroupCommit[q.IngestItem, IngestResult] = GroupCommit(
             "ingest", self._write_ingests
@@ -93,17 +95,21 @@ class SQLiteStore:
             raise
         self._executor, self._conn, self._closing = executor, conn, False
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> WriterConnection:
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(f"store: open: {exc}") from exc
-        conn: sqlite3.Connection | None = None
+        conn: WriterConnection | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are
             # exactly as wide as the code says.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, factory=WriterConnection
+            )
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            # This process's writers take turns with the others' without SQLite's sleeps.
+            conn.writer_lock = WriterLock(f"{self.path}-writer.lock", self._busy_timeout_ms / 1000)
             # Takes effect on a new file only (before its first table, and before WAL mode,
             # which writes the header): retention then gives freed pages back in steps.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -139,7 +145,7 @@ class SQLiteStore:
         finally:
             executor.shutdown(wait=True)
 
-    def _check_open(self, what: str) -> tuple[ThreadPoolExecutor, sqlite3.Connection]:
+    def _check_open(self, what: str) -> tuple[ThreadPoolExecutor, WriterConnection]:
         if self._executor is None or self._conn is None:
             raise StoreUnavailableError(f"store: {what}: not open")
         return self._executor, self._conn
@@ -160,6 +166,8 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise StoreUnavailableError(f"store: {what}: {exc}") from exc
                 raise
+            finally:
+                conn.end_of_job()
 
         return asyncio.get_running_loop().run_in_executor(executor, job)
 
