@@ -6,7 +6,8 @@ the lock was given back. With a receiver and its workers committing hundreds of 
 on one file, those sleeps were most of a worker's time waiting (p99 18 ms for a lock held
 about 1 ms). So every ``BEGIN IMMEDIATE`` of ``WriterConnection`` first takes an exclusive
 ``flock`` on ``<database>-writer.lock`` (beside SQLite's own ``-wal`` and ``-shm`` files),
-given back as the transaction ends: the kernel wakes the next writer as soon as it is free.
+given back as the transaction ends. A waiter tries it again every half millisecond at most
+(a blocking flock could not be bounded), so it goes about as soon as the lock is free.
 
 The wait for the lock file is bounded by the connection's busy timeout, and ends as SQLite's
 own wait would: "database is locked". Writers other than relay (the sqlite3 shell) do not take
