@@ -116,6 +116,10 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # A multi-row insert inside a transaction keeps a statement journal (to undo just
+            # that statement on a constraint error); past 64 KiB SQLite spills it to a new
+            # temporary file, which a batch of callbacks always was: kept in memory instead.
+            conn.execute("PRAGMA temp_store = MEMORY")
             q.migrate(conn)
             return conn
         except BaseException as exc:
