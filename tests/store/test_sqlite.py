@@ -150,6 +150,28 @@ async def test_concurrent_outcomes_share_one_commit_and_keep_their_own_fence(
     assert record is not None and record.state == "delivered"
 
 
+async def test_a_claim_of_hundreds_leases_every_row_with_its_own_token(
+    store: SQLiteStore, db_path: str
+) -> None:
+    # More rows than one lease statement takes: the claim is written in several.
+    await asyncio.gather(
+        *(store.ingest(make_event(f"k{i}"), one_delivery(f"k{i}")) for i in range(250))
+    )
+    claims = await store.claim(now=T0, limit=300, lease_seconds=30)
+
+    assert len(claims) == 250
+    assert len({c.lease_token for c in claims}) == 250
+    with other_connection(db_path) as conn:
+        leased = dict(
+            conn.execute(
+                "SELECT id, lease_token FROM deliveries WHERE state = 'sending' AND attempts = 1"
+                " AND lease_until = ? AND due_at = ? AND updated_at = ?",
+                (T0 + 30, T0 + 30, T0),
+            )
+        )
+    assert leased == {c.delivery_id: c.lease_token for c in claims}
+
+
 async def test_locked_database_fails_every_waiter_and_stores_nothing(
     store: SQLiteStore, db_path: str
 ) -> None:
