@@ -8,7 +8,8 @@ file (a receiver's workers) take turns with it through a lock file (``sqlite_wri
 Ingest is the hot path: every provider callback waits for it before it gets its 2xx. Concurrent
 ingests are group-committed: they queue, and one flush writes the whole queue in one transaction
 (one fsync for the lot) and then answers every waiter. Items that arrive during a flush go in the
-next one, so batches grow exactly when the disk is the bottleneck.
+next one, so batches grow exactly when the disk is the bottleneck. Under ``synchronous=FULL``
+that fsync comes after the write lock is given back (``wal_sync``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,7 @@ from relay.store.base import (
 from relay.store.batching import GroupCommit
 from relay.store.memory import REPLAYABLE, next_attempt_for
 from relay.store.sqlite_writer import WriterConnection, WriterLock
+from relay.store.wal_sync import WalLog
 
 T = TypeVar("T")
 
@@ -63,15 +66,27 @@ class SQLiteStore:
     ``synchronous`` is SQLite's durability knob: FULL (the default) fsyncs every commit, so a
     2xx to a provider means the event survives a power cut. ``busy_timeout`` is how long (in
     seconds) to wait for another process's write lock before answering StoreUnavailableError.
-    ``ingest_batches`` and ``finish_batches`` count group commits, for metrics.
+    ``ingest_batches`` and ``finish_batches`` count group commits, for metrics. ``sync`` is
+    how an ingest batch's log is flushed under FULL (``os.fdatasync``; tests pass their own).
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        sync: Callable[[int], None] = os.fdatasync,
+    ) -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         self.path = path
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._sync = sync
+        # Under FULL, in WAL mode: the log, flushed after each write's commit (see _submit);
+        # the connection itself is NORMAL, so SQLite makes no fsync with the write lock held.
+        self._wal: WalLog | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._conn: WriterConnection | None = None
         self._closing = False
@@ -113,8 +128,15 @@ class SQLiteStore:
             # Takes effect on a new file only (before its first table, and before WAL mode,
             # which writes the header): retention then gives freed pages back in steps.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # What SQLite could set: a file in memory, say, keeps no log.
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            level = self._synchronous
+            if level == "FULL" and str(mode).lower() == "wal":
+                # SQLite keeps the log beside the file the path resolves to.
+                self._wal = WalLog(os.path.realpath(self.path) + "-wal", self._sync)
+                level = "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {level}")
+            conn.synchronous = _SYNCHRONOUS.index(level)
             conn.execute("PRAGMA foreign_keys = ON")
             # A multi-row insert inside a transaction keeps a statement journal (to undo just
             # that statement on a constraint error); past 64 KiB SQLite spills it to a new
@@ -145,22 +167,46 @@ class SQLiteStore:
         self._executor, self._conn = None, None
         try:
             # Queued behind every job already submitted (shielded writes included).
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_files, conn)
         finally:
             executor.shutdown(wait=True)
+
+    def _close_files(self, conn: WriterConnection) -> None:
+        try:
+            if self._wal is not None:
+                self._wal.close()
+        finally:
+            conn.close()
 
     def _check_open(self, what: str) -> tuple[ThreadPoolExecutor, WriterConnection]:
         if self._executor is None or self._conn is None:
             raise StoreUnavailableError(f"store: {what}: not open")
         return self._executor, self._conn
 
-    def _submit(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run ``fn`` on the worker thread; sqlite errors become StoreUnavailableError."""
+    def _submit(
+        self,
+        what: str,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        relaxed: bool = False,
+        vouches: bool = False,
+    ) -> asyncio.Future[T]:
+        """Run ``fn`` on the worker thread; sqlite errors become StoreUnavailableError.
+
+        Under FULL, a job that changed rows has the log flushed after its commit, before it
+        answers; a ``relaxed`` one (the dispatcher's leases and outcomes) has it not; one that
+        ``vouches`` for rows it found (an ingest answering "duplicate") has it always.
+        """
         executor, conn = self._check_open(what)
+        wal = None if relaxed else self._wal
 
         def job() -> T:
             try:
-                return fn(conn)
+                changes = conn.total_changes
+                result = fn(conn)
+                if wal is not None and (vouches or conn.total_changes != changes):
+                    wal.flush()
+                return result
             except BaseException as exc:
                 # Never leave a transaction open: the next job would run inside it.
                 if conn.in_transaction:
@@ -190,7 +236,8 @@ class SQLiteStore:
         self, items: list[q.IngestItem]
     ) -> list[IngestResult | StoreUnavailableError]:
         # Shielded: once a batch is in the thread, it commits or fails as a whole.
-        return await asyncio.shield(self._submit("ingest", partial(q.write_batch, batch=items)))
+        write = partial(q.write_batch, batch=items)
+        return await asyncio.shield(self._submit("ingest", write, vouches=True))
 
     @property
     def ingest_batches(self) -> int:
@@ -221,7 +268,7 @@ class SQLiteStore:
             caps=caps,
             quota=quota,
         )
-        return await self._submit("claim", fn)
+        return await self._submit("claim", fn, relaxed=True)
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
         """Queued and committed with the other outcomes waiting (group commit). Shielded: a
@@ -232,7 +279,8 @@ class SQLiteStore:
         return await asyncio.shield(self._finishes.put(item))
 
     async def _write_finishes(self, items: list[q.FinishItem]) -> list[bool]:
-        return await asyncio.shield(self._submit("finish", partial(q.finish_batch, batch=items)))
+        write = partial(q.finish_batch, batch=items)
+        return await asyncio.shield(self._submit("finish", write, relaxed=True))
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100

@@ -36,6 +36,7 @@ from relay.store.base import (
     Silence,
 )
 from relay.store.memory import with_quota
+from relay.store.sqlite_writer import WriterConnection
 
 # Applied in order, each once, recorded in schema_version. Append; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -652,9 +653,11 @@ def relaxed(conn: sqlite3.Connection) -> Iterator[None]:
     """Commits inside wait for no fsync (``synchronous = NORMAL`` where the store is FULL).
     For the dispatcher's own writes, leases and outcomes: WAL keeps them in order with every
     later commit, and a power cut can only undo those since the last synced one: a delivery is sent
-    again (at least once), never lost. Acknowledged callbacks keep the store's setting."""
-    (level,) = conn.execute("PRAGMA synchronous").fetchone()
-    if level < 2:  # OFF or NORMAL already
+    again (at least once), never lost. Every other write is as durable as the store says."""
+    level = conn.synchronous if isinstance(conn, WriterConnection) else None
+    if level is None:
+        (level,) = conn.execute("PRAGMA synchronous").fetchone()
+    if level < 2:  # OFF or NORMAL already (FULL in WAL mode is synced after commits)
         yield
         return
     conn.execute("PRAGMA synchronous = NORMAL")

@@ -83,6 +83,9 @@ class WriterConnection(sqlite3.Connection):
     ended it: see ``end_of_job``)."""
 
     writer_lock: WriterLock | None = None
+    # SQLite's synchronous level as the store set it (0 OFF to 3 EXTRA), so that it need not
+    # be asked for before every relaxed write; None: unknown.
+    synchronous: int | None = None
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         lock = self.writer_lock
