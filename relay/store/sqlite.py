@@ -67,7 +67,7 @@ class SQLiteStore:
     2xx to a provider means the event survives a power cut. ``busy_timeout`` is how long (in
     seconds) to wait for another process's write lock before answering StoreUnavailableError.
     ``ingest_batches`` and ``finish_batches`` count group commits, for metrics. ``sync`` is
-    how an ingest batch's log is flushed under FULL (``os.fdatasync``; tests pass their own).
+    how the log is flushed after a write under FULL (``os.fdatasync``; tests pass their own).
     """
 
     def __init__(
