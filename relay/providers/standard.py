@@ -115,6 +115,9 @@ class StandardProvider:
             )
         except ValidationError as exc:
             raise PayloadError(_first_problem(exc)) from None
+        if not event.task_id.strip():
+            # The task's identity: its thread in Slack, its order, its final-event key.
+            raise PayloadError("data.task_id: blank")
         if kind != TYPE_PREFIX + event.status:
             raise PayloadError(f"type: {kind[:40]!r} does not match data.status '{event.status}'")
         return event

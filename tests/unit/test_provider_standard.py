@@ -267,6 +267,8 @@ def envelope_dict(**data_changes: Any) -> dict[str, Any]:
     [
         ({"status": "done"}, "data.status: Input should be"),
         ({"task_id": 42}, "data.task_id: Input should be a valid string"),
+        ({"task_id": ""}, "data.task_id: blank"),
+        ({"task_id": " \t"}, "data.task_id: blank"),
         ({"outputs": [{"kind": "hologram"}]}, "data.outputs.0.kind: Input should be"),
         ({"created_at": "not a time"}, "data.created_at: Input should be a valid datetime"),
     ],
