@@ -8,8 +8,9 @@ file (a receiver's workers) take turns with it through a lock file (``sqlite_wri
 Ingest is the hot path: every provider callback waits for it before it gets its 2xx. Concurrent
 ingests are group-committed: they queue, and one flush writes the whole queue in one transaction
 (one fsync for the lot) and then answers every waiter. Items that arrive during a flush go in the
-next one, so batches grow exactly when the disk is the bottleneck. Under ``synchronous=FULL``
-that fsync comes after the write lock is given back (``wal_sync``).
+next one, so batches grow exactly when the disk is the bottleneck; the thread goes on to that
+next one by itself, without waiting for the event loop (``ThreadedGroupCommit``). Under
+``synchronous=FULL`` that fsync comes after the write lock is given back (``wal_sync``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from relay.store.base import (
     RejectedRequest,
     Silence,
 )
-from relay.store.batching import GroupCommit
+from relay.store.batching import ThreadedGroupCommit
 from relay.store.memory import REPLAYABLE, next_attempt_for
 from relay.store.sqlite_writer import WriterConnection, WriterLock
 from relay.store.wal_sync import WalLog
@@ -90,11 +91,12 @@ class SQLiteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: WriterConnection | None = None
         self._closing = False
-        self._ingests: GroupCommit[q.IngestItem, IngestResult] = GroupCommit(
-            "ingest", self._write_ingests
+        # Written on the store's thread batch after batch (see ThreadedGroupCommit).
+        self._ingests: ThreadedGroupCommit[q.IngestItem, IngestResult] = ThreadedGroupCommit(
+            "ingest", self._write_ingests, self._on_thread
         )
-        self._finishes: GroupCommit[q.FinishItem, bool] = GroupCommit(
-            "finish", self._write_finishes
+        self._finishes: ThreadedGroupCommit[q.FinishItem, bool] = ThreadedGroupCommit(
+            "finish", self._write_finishes, self._on_thread
         )
         self._watcher: asyncio.Task[None] | None = None
 
@@ -197,7 +199,27 @@ class SQLiteStore:
         answers; a ``relaxed`` one (the dispatcher's leases and outcomes) has it not; one that
         ``vouches`` for rows it found (an ingest answering "duplicate") has it always.
         """
-        executor, conn = self._check_open(what)
+        executor, _ = self._check_open(what)
+        return asyncio.get_running_loop().run_in_executor(
+            executor, self._job(what, fn, relaxed=relaxed, vouches=vouches)
+        )
+
+    def _on_thread(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` on the store's thread (RuntimeError once it is shut down)."""
+        if self._executor is None:
+            raise RuntimeError("not open")
+        self._executor.submit(job)
+
+    def _job(
+        self,
+        what: str,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        relaxed: bool = False,
+        vouches: bool = False,
+    ) -> Callable[[], T]:
+        """``fn`` as a job for the store's thread (see ``_submit``)."""
+        _, conn = self._check_open(what)
         wal = None if relaxed else self._wal
 
         def job() -> T:
@@ -219,7 +241,7 @@ class SQLiteStore:
             finally:
                 conn.end_of_job()
 
-        return asyncio.get_running_loop().run_in_executor(executor, job)
+        return job
 
     async def ping(self) -> None:
         await self._submit("ping", q.ping)
@@ -232,12 +254,11 @@ class SQLiteStore:
         item = q.IngestItem(event, event.model_dump_json(), list(deliveries))
         return await self._ingests.put(item)
 
-    async def _write_ingests(
+    def _write_ingests(
         self, items: list[q.IngestItem]
     ) -> list[IngestResult | StoreUnavailableError]:
-        # Shielded: once a batch is in the thread, it commits or fails as a whole.
-        write = partial(q.write_batch, batch=items)
-        return await asyncio.shield(self._submit("ingest", write, vouches=True))
+        """On the store's thread: one batch, committed (and the log flushed) or failed whole."""
+        return self._job("ingest", partial(q.write_batch, batch=items), vouches=True)()
 
     @property
     def ingest_batches(self) -> int:
@@ -278,9 +299,9 @@ class SQLiteStore:
         item = q.FinishItem(claim, outcome, next_attempt_for(outcome), started_at, now)
         return await asyncio.shield(self._finishes.put(item))
 
-    async def _write_finishes(self, items: list[q.FinishItem]) -> list[bool]:
-        write = partial(q.finish_batch, batch=items)
-        return await asyncio.shield(self._submit("finish", write, relaxed=True))
+    def _write_finishes(self, items: list[q.FinishItem]) -> list[bool]:
+        """On the store's thread: one batch of outcomes, recorded or failed whole."""
+        return self._job("finish", partial(q.finish_batch, batch=items), relaxed=True)()
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
