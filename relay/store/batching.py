@@ -80,13 +80,18 @@ class GroupCommit(Generic[I, R]):
                 _fail(batch, exc)
                 continue
             self.batches += 1
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller was cancelled; the write stands anyway
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            _settle(batch, results)
+
+
+def _settle(batch: list[tuple[I, asyncio.Future[R]]], results: Sequence[R | Exception]) -> None:
+    """Answer each caller of a written batch with its own result."""
+    for (_, future), result in zip(batch, results, strict=True):
+        if future.done():  # its caller was cancelled; the write stands anyway
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _fail(batch: list[tuple[I, asyncio.Future[R]]], exc: BaseException) -> None:
@@ -152,17 +157,21 @@ class ThreadedGroupCommit(Generic[I, R]):
         if start:
             # Once the callers already scheduled have run: all the items put in one turn of
             # the loop go in the first batch, as they would with GroupCommit.
-            loop.call_soon(self._start)
+            loop.call_soon(self._queue_take)
         return future
 
-    def _start(self) -> None:
+    def _queue_take(self) -> None:
+        """Queue ``_take`` on the thread; if it is shut down, fail everything queued."""
         try:
             self._submit(self._take)
-        except RuntimeError as exc:  # the thread is shut down
+        except RuntimeError as exc:
             with self._lock:
-                batch, self._queued = list(self._queue), False
+                rest, self._queued = list(self._queue), False
                 self._queue.clear()
-            self._answer(batch, None, StoreUnavailableError(f"store: {self._what}: {exc}"))
+            if rest:
+                error = StoreUnavailableError(f"store: {self._what}: {exc}")
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    rest[0][1].get_loop().call_soon_threadsafe(self._answer, rest, None, error)
 
     async def wait(self) -> None:
         """Until everything queued so far is written (or has failed) and answered."""
@@ -189,20 +198,7 @@ class ThreadedGroupCommit(Generic[I, R]):
             self._queued = bool(self._queue)
             again = self._queued
         if again:
-            try:
-                self._submit(self._take)
-            except RuntimeError as exc:  # shut down meanwhile: answer what is left
-                with self._lock:
-                    rest, self._queued = list(self._queue), False
-                    self._queue.clear()
-                if rest:
-                    with contextlib.suppress(RuntimeError):
-                        rest[0][1].get_loop().call_soon_threadsafe(
-                            self._answer,
-                            rest,
-                            None,
-                            StoreUnavailableError(f"store: {self._what}: {exc}"),
-                        )
+            self._queue_take()
 
     def _answer(
         self,
@@ -215,11 +211,5 @@ class ThreadedGroupCommit(Generic[I, R]):
         self._answered.set()
         if results is None:
             _fail(batch, error if error is not None else StoreUnavailableError(self._what))
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # its caller was cancelled; the write stands anyway
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        else:
+            _settle(batch, results)

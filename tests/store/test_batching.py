@@ -58,6 +58,19 @@ def commit(writer: Writer, executor: ThreadPoolExecutor) -> ThreadedGroupCommit[
     return ThreadedGroupCommit("test", writer, submit)
 
 
+async def held_first_batch(
+    thread: ThreadPoolExecutor, item: str
+) -> tuple[Writer, threading.Event, ThreadedGroupCommit[str, str], asyncio.Future[str]]:
+    """A group whose first batch (``item``) is on the thread, held at its writer's gate."""
+    writer, gate = Writer(), threading.Event()
+    writer.gate = gate
+    group = commit(writer, thread)
+    first = group.put(item)
+    await asyncio.sleep(0)  # the first batch goes to the thread and waits at the gate
+    assert writer.started.wait(WAIT)
+    return writer, gate, group, first
+
+
 async def test_items_put_in_one_turn_of_the_loop_are_one_batch(
     thread: ThreadPoolExecutor,
 ) -> None:
@@ -71,12 +84,7 @@ async def test_items_put_in_one_turn_of_the_loop_are_one_batch(
 async def test_the_thread_takes_the_next_batch_without_the_event_loop(
     thread: ThreadPoolExecutor,
 ) -> None:
-    writer, gate = Writer(), threading.Event()
-    writer.gate = gate
-    group = commit(writer, thread)
-    first = group.put("a")
-    await asyncio.sleep(0)  # the first batch goes to the thread and waits at the gate
-    assert writer.started.wait(WAIT)
+    writer, gate, group, first = await held_first_batch(thread, "a")
     second = [group.put("b"), group.put("c")]
     gate.set()
     # The loop is blocked here, in this thread: only the store's thread can write the second
@@ -90,12 +98,7 @@ async def test_jobs_queued_on_the_thread_run_between_batches(
     thread: ThreadPoolExecutor,
 ) -> None:
     # A steady stream of items does not keep the thread's other jobs (reads, claims) waiting.
-    writer, gate = Writer(), threading.Event()
-    writer.gate = gate
-    group = commit(writer, thread)
-    first = group.put("a")
-    await asyncio.sleep(0)
-    assert writer.started.wait(WAIT)
+    writer, gate, group, first = await held_first_batch(thread, "a")
     other = asyncio.get_running_loop().run_in_executor(thread, writer.order.append, "other job")
     second = group.put("b")
     gate.set()
@@ -126,20 +129,15 @@ async def test_a_batch_that_fails_fails_each_of_its_callers_and_the_next_is_writ
 async def test_a_cancelled_caller_is_still_written_and_waited_for(
     thread: ThreadPoolExecutor,
 ) -> None:
-    writer, gate = Writer(), threading.Event()
-    writer.gate = gate
-    group = commit(writer, thread)
-    cancelled = asyncio.ensure_future(group.put("gone"))
+    writer, gate, group, cancelled = await held_first_batch(thread, "gone")
     kept = group.put("kept")
-    await asyncio.sleep(0)
-    assert writer.started.wait(WAIT)
     cancelled.cancel()
     waiting = asyncio.create_task(group.wait())
     await asyncio.sleep(0.01)
     assert not waiting.done()  # the batch holding the cancelled item is not written yet
     gate.set()
     await asyncio.wait_for(waiting, WAIT)
-    assert writer.batches == [["gone", "kept"]] and await kept == "KEPT"
+    assert writer.batches == [["gone"], ["kept"]] and await kept == "KEPT"
 
 
 async def test_items_put_once_the_thread_is_shut_down_fail() -> None:
