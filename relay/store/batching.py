@@ -183,17 +183,16 @@ class ThreadedGroupCommit(Generic[I, R]):
         """On the thread: write the next batch, have its callers answered, queue the next."""
         with self._lock:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-        results: Sequence[R | Exception] | None = None
-        error: BaseException | None = None
-        try:
-            results = self._write([item for item, _ in batch])
-            self.batches += 1
-        except BaseException as exc:  # every caller hears of it; nothing is raised here
-            error = exc
         if batch:
-            loop = batch[0][1].get_loop()
+            results: Sequence[R | Exception] | None = None
+            error: BaseException | None = None
+            try:
+                results = self._write([item for item, _ in batch])
+                self.batches += 1
+            except BaseException as exc:  # every caller hears of it; nothing is raised here
+                error = exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._answer, batch, results, error)
+                batch[0][1].get_loop().call_soon_threadsafe(self._answer, batch, results, error)
         with self._lock:
             self._queued = bool(self._queue)
             again = self._queued
