@@ -467,8 +467,10 @@ class Dispatcher:
 
     async def _record(self, claim: Claim, outcome: Outcome, started: float, kind: str) -> None:
         try:
-            # Shielded: a shutdown that cancels us must not lose the outcome of a sent message.
-            kept = await asyncio.shield(self._store.finish(claim, outcome, started, self._clock()))
+            # A shutdown that cancels us does not lose the outcome of a sent message: the store
+            # has the write under way before it waits (Store.finish), so no shield (a task per
+            # delivery) is needed here.
+            kept = await self._store.finish(claim, outcome, started, self._clock())
         except StoreUnavailableError as exc:
             # The lease will expire and the delivery will be tried again: at least once.
             log.error(

@@ -487,7 +487,9 @@ class Store(ChannelState, Protocol):
 
     async def finish(self, claim: Claim, outcome: Outcome, started_at: float, now: float) -> bool:
         """Record an attempt's outcome and its attempt row. False (and no change) if the lease
-        was lost to another worker."""
+        was lost to another worker. The write is under way before the first suspension: a
+        caller cancelled while it waits (a shutdown) still has the outcome recorded, so callers
+        need no shield of their own."""
 
     async def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100

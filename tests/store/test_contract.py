@@ -212,6 +212,27 @@ async def test_finish_with_stale_lease_changes_nothing(store: Store) -> None:
     assert await store.finish(current, Outcome("delivered"), started_at=T0 + 40, now=T0 + 41)
 
 
+async def test_finish_whose_caller_is_cancelled_is_still_recorded(store: Store) -> None:
+    # The dispatcher awaits finish without a shield of its own (a shutdown may cancel it
+    # there): the outcome of a message that went out must be kept all the same.
+    cancelled_id, later_id = await ingest_one(store, "k1", n=2)
+    claims = {c.delivery_id: c for c in await store.claim(now=T0, limit=10, lease_seconds=30)}
+
+    caller = asyncio.ensure_future(
+        store.finish(claims[cancelled_id], Outcome("delivered"), T0, T0 + 1)
+    )
+    await asyncio.sleep(0)  # the caller has begun and waits for the write (if the store waits)
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    # Outcomes are written in the order they came: once a later one is in, so is the first.
+    assert await store.finish(claims[later_id], Outcome("delivered"), T0, T0 + 2)
+
+    for did in (cancelled_id, later_id):
+        record = await store.get_delivery(did)
+        assert record is not None and record.state == "delivered", did
+        assert [a.state for a in await store.attempts(did)] == ["delivered"]
+
+
 async def test_outcomes_and_attempt_rows(store: Store) -> None:
     [did] = await ingest_one(store, "k1")
 
